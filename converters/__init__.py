@@ -1,0 +1,1 @@
+"""Converters that bring unstamped checkpoints into the stamped format."""

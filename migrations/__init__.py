@@ -1,0 +1,1 @@
+"""The migration chain: one module per step, discovered by the engine."""

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Set up (if needed) and run the checks: ruff lint, ruff format --check, pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${XTF_VENV:-.venv}"
+if [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+"$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[test]"
+"$VENV/bin/ruff" check .
+"$VENV/bin/ruff" format --check .
+"$VENV/bin/python" -m pytest -q "$@"
