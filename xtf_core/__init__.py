@@ -1,3 +1,43 @@
-"""xtf: stamped, migratable x-transformers-compatible checkpoints."""
+"""xtf: stamped, migratable x-transformers-compatible checkpoints.
+
+Importing `xtf_core` does not import torch: the model classes and `save`/`load` are loaded on first use,
+so header-only tools (`xtf inspect`) stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "TransformerWrapper": "xtf_core.model.wrappers",
+    "ContinuousTransformerWrapper": "xtf_core.model.wrappers",
+    "XTransformer": "xtf_core.model.wrappers",
+    "AttentionLayers": "xtf_core.model.layers",
+    "Encoder": "xtf_core.model.layers",
+    "Decoder": "xtf_core.model.layers",
+    "CrossAttender": "xtf_core.model.layers",
+    "AutoregressiveWrapper": "xtf_core.model.autoregressive",
+    "build": "xtf_core.spec",
+    "spec_of": "xtf_core.spec",
+    "save": "xtf_core.loading",
+    "load": "xtf_core.loading",
+    "load_state": "xtf_core.loading",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'xtf_core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

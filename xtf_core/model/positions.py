@@ -1,0 +1,221 @@
+"""Token and position embeddings: absolute, rotary (with xPos), ALiBi and T5 relative position bias."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class TokenEmbedding(nn.Module):
+    def __init__(self, dim: int, num_tokens: int) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(num_tokens, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.emb(x.long())
+
+
+class AbsolutePositionalEmbedding(nn.Module):
+    """Learned absolute positions, scaled by `dim ** -0.5`."""
+
+    def __init__(self, dim: int, max_seq_len: int) -> None:
+        super().__init__()
+        self.scale = dim**-0.5
+        self.max_seq_len = max_seq_len
+        self.emb = nn.Embedding(max_seq_len, dim)
+
+    def forward(
+        self, x: Tensor, pos: Tensor | None = None, seq_start_pos: Tensor | None = None, offset: int = 0
+    ) -> Tensor:
+        seq_len = x.shape[1]
+        if seq_len > self.max_seq_len:
+            raise ValueError(
+                f"sequence length {seq_len} exceeds the absolute positional embedding's max_seq_len {self.max_seq_len}"
+            )
+        if pos is None:
+            pos = torch.arange(seq_len, device=x.device) + offset
+        if seq_start_pos is not None:
+            pos = (pos - seq_start_pos[..., None]).clamp(min=0)
+        return self.emb(pos) * self.scale
+
+
+class ScaledSinusoidalEmbedding(nn.Module):
+    """Fixed sinusoidal positions with one learned scale."""
+
+    def __init__(self, dim: int, theta: float = 10000.0) -> None:
+        super().__init__()
+        if dim % 2:
+            raise ValueError(f"scaled sinusoidal embedding needs an even dim, got {dim}")
+        self.dim = dim
+        self.theta = theta
+        self.scale = nn.Parameter(torch.ones(1) * dim**-0.5)
+
+    def forward(
+        self, x: Tensor, pos: Tensor | None = None, seq_start_pos: Tensor | None = None, offset: int = 0
+    ) -> Tensor:
+        half = self.dim // 2
+        inv_freq = self.theta ** -(torch.arange(half, device=x.device).float() / half)
+        if pos is None:
+            pos = torch.arange(x.shape[1], device=x.device) + offset
+        if seq_start_pos is not None:
+            pos = pos - seq_start_pos[..., None]
+        emb = pos.float()[..., None] * inv_freq
+        return torch.cat((emb.sin(), emb.cos()), dim=-1) * self.scale
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary frequencies (interleaved pairs) with optional xPos scaling; `inv_freq`/`scale` are persistent."""
+
+    def __init__(
+        self,
+        dim: int,
+        use_xpos: bool = False,
+        scale_base: float = 512,
+        interpolation_factor: float = 1.0,
+        base: float = 10000.0,
+        base_rescale_factor: float = 1.0,
+    ) -> None:
+        super().__init__()
+        base *= base_rescale_factor ** (dim / (dim - 2))
+        self.register_buffer("inv_freq", 1.0 / (base ** (torch.arange(0, dim, 2).float() / dim)))
+        if interpolation_factor < 1.0:
+            raise ValueError(f"rotary_interpolation_factor must be >= 1, got {interpolation_factor}")
+        self.interpolation_factor = interpolation_factor
+        self.use_xpos = use_xpos
+        self.scale_base = scale_base
+        if use_xpos:
+            self.register_buffer("scale", (torch.arange(0, dim, 2) + 0.4 * dim) / (1.4 * dim))
+        else:
+            self.scale = None
+
+    def forward(self, pos: Tensor) -> tuple[Tensor, Tensor | float]:
+        """Frequencies `[b or 1, n, dim]` (and xPos scale) for positions of shape `[n]`, `[1, n]` or `[b, n]`."""
+        if pos.ndim == 1:
+            pos = pos[None]
+        if pos.ndim != 2:
+            raise ValueError(
+                f"rotary positions must have shape [n], [1, n] or [b, n], got {tuple(pos.shape)}"
+            )
+        with torch.autocast(device_type=pos.device.type, enabled=False):
+            inv_freq = self.inv_freq.float()
+            freqs = pos.to(inv_freq.dtype)[..., None] * inv_freq / self.interpolation_factor
+            freqs = torch.stack((freqs, freqs), dim=-1).flatten(-2)
+            if self.scale is None:
+                return freqs, 1.0
+            max_pos = pos.max() + 1
+            power = (pos - torch.div(max_pos, 2, rounding_mode="floor")) / self.scale_base
+            scale = self.scale.float() ** power[..., None]
+            scale = torch.stack((scale, scale), dim=-1).flatten(-2)
+            return freqs, scale
+
+
+def _rotate_pairs(x: Tensor) -> Tensor:
+    x = x.unflatten(-1, (-1, 2))
+    x1, x2 = x.unbind(dim=-1)
+    return torch.stack((-x2, x1), dim=-1).flatten(-2)
+
+
+def apply_rotary(t: Tensor, freqs: Tensor, scale: Tensor | float = 1.0) -> Tensor:
+    """Rotate the first `freqs.shape[-1]` features of `t` `[b, h, n, d]` by the last `n` positions of `freqs`."""
+    rot_dim, seq_len, dtype = freqs.shape[-1], t.shape[-2], t.dtype
+    freqs = freqs[:, -seq_len:, :][:, None]
+    if torch.is_tensor(scale):
+        scale = scale[:, -seq_len:, :][:, None]
+    with torch.autocast(device_type=t.device.type, enabled=False):
+        t = t.float()
+        rotated, rest = t[..., :rot_dim], t[..., rot_dim:]
+        rotated = rotated * freqs.cos() * scale + _rotate_pairs(rotated) * freqs.sin() * scale
+        return torch.cat((rotated, rest), dim=-1).to(dtype)
+
+
+def alibi_slopes(heads: int) -> list[float]:
+    """ALiBi head slopes (geometric; interleaved completion for a non-power-of-two head count)."""
+
+    def power_of_two(n: int) -> list[float]:
+        start = 2 ** (-(2 ** -(math.log2(n) - 3)))
+        return [start * start**i for i in range(n)]
+
+    if math.log2(heads).is_integer():
+        return power_of_two(heads)
+    closest = 2 ** math.floor(math.log2(heads))
+    return power_of_two(closest) + power_of_two(2 * closest)[0::2][: heads - closest]
+
+
+class AlibiPositionalBias(nn.Module):
+    """ALiBi on the first `heads` of `total_heads` heads (the rest get zero bias). No stored tensors."""
+
+    def __init__(self, heads: int, total_heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.total_heads = total_heads
+
+    def _slopes(self, device: torch.device) -> Tensor:
+        return torch.tensor(alibi_slopes(self.heads), device=device)[:, None, None]
+
+    def _finish(self, distance: Tensor) -> Tensor:
+        bias = -distance.abs() * self._slopes(distance.device)
+        return F.pad(bias, (0, 0, 0, 0, 0, self.total_heads - self.heads))
+
+    def forward(self, i: int, j: int, device: torch.device) -> Tensor:
+        """Bias `[total_heads, i, j]` for the last `i` queries against `j` keys."""
+        q_pos = torch.arange(j - i, j, device=device)
+        k_pos = torch.arange(j, device=device)
+        return self._finish((k_pos[None, :] - q_pos[:, None]).float()[None])
+
+    def forward_custom_pos(self, pos: Tensor) -> Tensor:
+        """Bias for explicit positions `[n]` -> `[h, n, n]` or `[b, n]` -> `[b, h, n, n]`."""
+        distance = (pos[..., None, :] - pos[..., :, None]).float()
+        if distance.ndim == 3:
+            distance = distance[:, None]
+        else:
+            distance = distance[None]
+        return self._finish(distance)
+
+
+class RelativePositionBias(nn.Module):
+    """T5 bucketed relative position bias, one learned scalar per bucket and head."""
+
+    def __init__(
+        self,
+        scale: float,
+        causal: bool = False,
+        num_buckets: int = 32,
+        max_distance: int = 128,
+        heads: int = 8,
+    ) -> None:
+        super().__init__()
+        self.scale = scale
+        self.causal = causal
+        self.num_buckets = num_buckets
+        self.max_distance = max_distance
+        self.relative_attention_bias = nn.Embedding(num_buckets, heads)
+
+    def _bucket(self, relative_position: Tensor) -> Tensor:
+        num_buckets, ret, n = self.num_buckets, 0, -relative_position
+        if not self.causal:
+            num_buckets //= 2
+            ret += (n < 0).long() * num_buckets
+            n = n.abs()
+        else:
+            n = n.clamp(min=0)
+        max_exact = num_buckets // 2
+        is_small = n < max_exact
+        large = (
+            max_exact
+            + (
+                torch.log(n.float() / max_exact)
+                / math.log(self.max_distance / max_exact)
+                * (num_buckets - max_exact)
+            ).long()
+        )
+        large = large.clamp(max=num_buckets - 1)
+        return ret + torch.where(is_small, n, large)
+
+    def forward(self, i: int, j: int, device: torch.device) -> Tensor:
+        q_pos = torch.arange(j - i, j, dtype=torch.long, device=device)
+        k_pos = torch.arange(j, dtype=torch.long, device=device)
+        buckets = self._bucket(k_pos[None, :] - q_pos[:, None])
+        return self.relative_attention_bias(buckets).permute(2, 0, 1) * self.scale
