@@ -1,0 +1,1 @@
+"""Checkpoint files: safetensors headers (stdlib only), stamps and metadata keys, atomic writes, byte moves."""

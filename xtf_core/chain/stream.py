@@ -1,0 +1,146 @@
+"""Run a migration plan on files: copy untouched bytes raw, compute the rest one tensor at a time.
+
+Data path: plan (headers only) -> refuse early (output exists, backup exists, a dropped tensor not zero) ->
+backup for --in-place -> write each output file atomically -> a sharded folder is swapped in whole. Peak
+memory is about the largest tensor a step decodes; renamed or re-keyed tensors are never decoded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from xtf_core.chain.graph import Chain
+from xtf_core.chain.plan import FilePlan, plan_file
+from xtf_core.chain.tensors import Realiser, StoredBytes, TensorNode, check_drops
+from xtf_core.checkpoint.atomic import atomic_file, atomic_folder, is_temp_leftover, make_backup
+from xtf_core.checkpoint.header import encode_header
+from xtf_core.checkpoint.io import (
+    copy_range,
+    dtype_code,
+    read_range,
+    tensor_bytes,
+    tensor_from_bytes,
+    write_all,
+)
+from xtf_core.checkpoint.stamp import Stamp
+from xtf_core.errors import MigrationError
+
+Progress = Callable[[int], None]
+
+
+def migrate_file(
+    src: str | os.PathLike,
+    dst: str | os.PathLike | None = None,
+    *,
+    in_place: bool = False,
+    target: Stamp | str | None = None,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+    chain: Chain | None = None,
+) -> FilePlan:
+    """Migrate checkpoint `src` (file, sharded folder or index) to `target` (default: installed release).
+
+    Writes to `dst`, or over `src` with `in_place=True` (after keeping `<name>.bak`). `dry_run` returns the
+    plan and writes nothing. `progress` is called with the number of bytes each written tensor adds.
+    """
+    if (dst is None) == (not in_place):
+        raise MigrationError("give exactly one of an output path (-o OUT) or --in-place")
+    plan = plan_file(src, target, chain)
+    if dry_run:
+        return plan
+    source = plan.headers.folder if plan.headers.is_sharded else plan.headers.path
+    destination = source if in_place else Path(dst)
+    if not in_place and (destination.exists() or destination.is_symlink()):
+        raise MigrationError(
+            f"output {destination} already exists; choose another -o path or remove it first"
+        )
+    with _open_sources(plan) as source_fds:
+        realise = Realiser(lambda node: _read_stored(source_fds, node))
+        check_drops(plan.drops, realise)
+        if in_place:
+            make_backup(source)
+        if plan.headers.is_sharded:
+            _write_sharded(plan, destination, source_fds, realise, progress)
+        else:
+            with atomic_file(destination) as fd:
+                _write_tensors(
+                    fd, plan.outputs[plan.headers.path.name], plan.metadata, source_fds, realise, progress
+                )
+    return plan
+
+
+@contextlib.contextmanager
+def _open_sources(plan: FilePlan) -> Iterator[dict[str, int]]:
+    fds: dict[str, int] = {}
+    try:
+        for shard, header in plan.headers.shards.items():
+            fds[shard] = os.open(header.path, os.O_RDONLY)
+        yield fds
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+
+
+def _read_stored(source_fds: dict[str, int], node: StoredBytes):
+    return tensor_from_bytes(
+        read_range(source_fds[node.source], node.offset, node.nbytes), node.dtype, node.shape
+    )
+
+
+def _write_tensors(
+    fd: int,
+    tensors: dict[str, TensorNode],
+    metadata: dict[str, str],
+    source_fds: dict[str, int],
+    realise: Realiser,
+    progress: Progress | None,
+) -> None:
+    """Header, then each tensor's bytes back to back, in the header's order."""
+    write_all(fd, encode_header(((name, node.dtype, node.shape) for name, node in tensors.items()), metadata))
+    for name, node in tensors.items():
+        if isinstance(node, StoredBytes):
+            copy_range(source_fds[node.source], node.offset, node.nbytes, fd)
+        else:
+            tensor = realise(node)
+            produced = (dtype_code(tensor.dtype), tuple(tensor.shape))
+            if produced != (node.dtype, node.shape):
+                raise MigrationError(
+                    f"tensor {name!r}: the step produced {produced[0]}{list(produced[1])}, "
+                    f"its plan says {node.dtype}{list(node.shape)}"
+                )
+            write_all(fd, tensor_bytes(tensor))
+        if progress is not None:
+            progress(node.nbytes)
+
+
+def _write_sharded(
+    plan: FilePlan,
+    destination: Path,
+    source_fds: dict[str, int],
+    realise: Realiser,
+    progress: Progress | None,
+) -> None:
+    """Every shard, then the index, into a temporary folder that replaces `destination` at the end."""
+    headers = plan.headers
+    index = headers.index
+    skipped = {index.path.name, *headers.shards}
+    with atomic_folder(destination) as folder:
+        for shard, tensors in plan.outputs.items():
+            if not tensors:
+                continue
+            shard_metadata = {**headers.shards[shard].metadata, **plan.metadata}
+            with atomic_file(folder / shard) as fd:
+                _write_tensors(fd, tensors, shard_metadata, source_fds, realise, progress)
+        index_metadata = {**index.metadata, **plan.metadata, "total_size": plan.output_bytes}
+        weight_map = {name: shard for shard, tensors in plan.outputs.items() for name in tensors}
+        document = {"metadata": index_metadata, "weight_map": dict(sorted(weight_map.items()))}
+        with atomic_file(folder / index.path.name) as fd:
+            write_all(fd, (json.dumps(document, indent=2) + "\n").encode("utf-8"))
+        for other in sorted(headers.folder.iterdir()):
+            if other.is_file() and other.name not in skipped and not is_temp_leftover(other):
+                shutil.copy2(other, folder / other.name)

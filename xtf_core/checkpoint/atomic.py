@@ -1,0 +1,125 @@
+"""Write files and folders so that a reader sees the old content or the whole new content, never a part.
+
+Output goes to a temporary sibling named `.<name>.xtf-tmp-<hex>` (recognisable, and never the output path),
+is fsynced, then renamed over the target, and the folder is fsynced. On any error the temporary is removed;
+after a SIGKILL it stays behind under its temporary name, which no reader mistakes for a checkpoint.
+Backups for in-place rewrites are made before anything is written and are never overwritten.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from xtf_core.errors import MigrationError
+
+TEMP_MARKER = ".xtf-tmp-"
+BACKUP_SUFFIX = ".bak"
+
+
+def temp_sibling(target: Path) -> Path:
+    """A fresh temporary path in the target's folder (same filesystem, so the final rename is atomic)."""
+    return target.parent / f".{target.name}{TEMP_MARKER}{secrets.token_hex(4)}"
+
+
+def is_temp_leftover(path: Path) -> bool:
+    """Whether `path` is a temporary left behind by an interrupted xtf write."""
+    return path.name.startswith(".") and TEMP_MARKER in path.name
+
+
+def fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_file(target: Path) -> Iterator[int]:
+    """Yield a raw file descriptor for the new content of `target`; it replaces `target` on success."""
+    target = Path(target)
+    temp = temp_sibling(target)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        yield fd
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        temp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    os.replace(temp, target)
+    fsync_dir(target.parent)
+
+
+@contextlib.contextmanager
+def atomic_folder(target: Path) -> Iterator[Path]:
+    """Yield a temporary folder to fill; it becomes `target` on success (an existing target is replaced)."""
+    target = Path(target)
+    temp = temp_sibling(target)
+    temp.mkdir()
+    try:
+        yield temp
+        fsync_dir(temp)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    if target.exists():
+        retired = temp_sibling(target)
+        os.replace(target, retired)
+        os.replace(temp, target)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.replace(temp, target)
+    fsync_dir(target.parent)
+
+
+def backup_path(path: Path) -> Path:
+    return path.with_name(path.name + BACKUP_SUFFIX)
+
+
+def make_backup(path: Path) -> Path:
+    """Keep `path` (a file or folder) as `<name>.bak` before an in-place rewrite; refuse to overwrite one.
+
+    Files are hard-linked where possible (instant; the rewrite renames a new inode over the original, so
+    the link keeps the old bytes), copied otherwise.
+    """
+    path = Path(path)
+    backup = backup_path(path)
+    if backup.exists() or backup.is_symlink():
+        raise MigrationError(
+            f"{path}: backup {backup} already exists; move it away (or delete it) before migrating in place"
+        )
+    temp = temp_sibling(backup)
+    try:
+        if path.is_dir():
+            temp.mkdir()
+            for child in sorted(path.iterdir()):
+                if child.is_file() and not is_temp_leftover(child):
+                    _link_or_copy(child, temp / child.name)
+            fsync_dir(temp)
+        else:
+            _link_or_copy(path, temp)
+        os.rename(temp, backup)
+    except BaseException:
+        if temp.is_dir():
+            shutil.rmtree(temp, ignore_errors=True)
+        else:
+            temp.unlink(missing_ok=True)
+        raise
+    fsync_dir(backup.parent)
+    return backup
+
+
+def _link_or_copy(source: Path, destination: Path) -> None:
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)
+        with open(destination, "rb") as handle:
+            os.fsync(handle.fileno())
