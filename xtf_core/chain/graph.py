@@ -52,9 +52,11 @@ class Route:
 
 
 class Chain:
-    """A validated, linear sequence of steps, oldest first."""
+    """A validated, linear sequence of steps, oldest first. `installed` is the newest stamp this process may
+    read or write (default: the installed xtf release)."""
 
-    def __init__(self, steps: Iterable[Step]):
+    def __init__(self, steps: Iterable[Step], installed: Stamp | str | None = None):
+        self.installed = Stamp.coerce(installed) if installed is not None else current_stamp()
         self.steps: tuple[Step, ...] = tuple(_ordered(list(steps)))
         if self.steps:
             self.nodes: tuple[Stamp, ...] = (self.steps[0].down_revision,) + tuple(
@@ -64,9 +66,13 @@ class Chain:
             self.nodes = (FIRST_LAYOUT,)
 
     @classmethod
-    def discover(cls, source: str | ModuleType | Sequence[ModuleType] = DEFAULT_PACKAGE) -> Chain:
+    def discover(
+        cls,
+        source: str | ModuleType | Sequence[ModuleType] = DEFAULT_PACKAGE,
+        installed: Stamp | str | None = None,
+    ) -> Chain:
         """Read every step module of a package (or a given list of modules)."""
-        return cls(Step.from_module(module) for module in step_modules(source))
+        return cls((Step.from_module(module) for module in step_modules(source)), installed)
 
     @property
     def head(self) -> Stamp:
@@ -87,12 +93,10 @@ class Chain:
             )
         return max(candidates)
 
-    def route(
-        self, source: Stamp | str, target: Stamp | str | None = None, installed: Stamp | None = None
-    ) -> Route:
+    def route(self, source: Stamp | str, target: Stamp | str | None = None) -> Route:
         """The steps from `source` to `target` (default: the installed release), checked before any tensor
         is touched: neither end may be newer than the installed xtf, and a downgrade must be reversible."""
-        installed = installed or current_stamp()
+        installed = self.installed
         source = Stamp.coerce(source)
         target = installed if target is None else Stamp.coerce(target)
         if source > installed:

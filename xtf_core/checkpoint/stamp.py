@@ -32,9 +32,9 @@ KEY_ORIGIN = "xtf.origin"
 
 
 @functools.total_ordering
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Stamp:
-    """A release within a lineage; the version is normalised (`0.1` and `0.1.0` are the same stamp)."""
+    """A release within a lineage; versions compare as PEP 440 (`0.1` and `0.1.0` are the same stamp)."""
 
     lineage: str
     version: str
@@ -65,6 +65,14 @@ class Stamp:
     @property
     def sort_key(self) -> tuple[int, Version]:
         return LINEAGES.index(self.lineage), Version(self.version)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Stamp):
+            return NotImplemented
+        return self.sort_key == other.sort_key
+
+    def __hash__(self) -> int:
+        return hash(self.sort_key)
 
     def __lt__(self, other: object) -> bool:
         if not isinstance(other, Stamp):

@@ -1,0 +1,55 @@
+"""Helpers for testing steps and the engine: write stamped files, read raw tensor bytes, round-trip a step."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from xtf_core.chain.graph import Chain
+from xtf_core.chain.memory import migrate_in_memory
+from xtf_core.chain.step import Step
+from xtf_core.checkpoint.header import read_header
+from xtf_core.checkpoint.stamp import Stamp, stamped_metadata
+
+
+def write_checkpoint(
+    path: str | os.PathLike,
+    tensors: Mapping[str, Any],
+    stamp: Stamp | str,
+    spec: Mapping,
+    extra_metadata: Mapping[str, str] | None = None,
+) -> None:
+    """Save `tensors` with safetensors and the stamp keys for `stamp` and `spec`."""
+    from safetensors.torch import save_file
+
+    metadata = stamped_metadata(dict(extra_metadata or {}), Stamp.coerce(stamp), spec)
+    save_file({name: tensor.contiguous() for name, tensor in tensors.items()}, str(path), metadata)
+
+
+def raw_tensor_bytes(path: str | os.PathLike, name: str) -> bytes:
+    """The undecoded bytes of one tensor, read through the header."""
+    header = read_header(path)
+    entry = header.tensors[name]
+    with open(path, "rb") as handle:
+        handle.seek(header.file_offset(entry))
+        return handle.read(entry.nbytes)
+
+
+def round_trip(step: Step, tensors: Mapping[str, Any], spec: dict) -> tuple[dict, dict, dict, dict]:
+    """Upgrade through `step`, then downgrade back: (upgraded, upgraded spec, restored, restored spec)."""
+    chain = Chain([step])
+    installed = step.revision
+    upgraded, new_spec, _ = _migrate(chain, tensors, spec, step.down_revision, installed)
+    restored, old_spec, _ = _migrate(chain, upgraded, new_spec, installed, step.down_revision, installed)
+    return upgraded, new_spec, restored, old_spec
+
+
+def _migrate(chain: Chain, tensors, spec, source: Stamp, target: Stamp, installed: Stamp | None = None):
+    # The chain's installed release is the step's revision, whatever xtf release runs the test.
+    original_route = chain.route
+    chain.route = lambda s, t=None, installed=installed or target: original_route(s, t, installed)  # type: ignore[method-assign]
+    try:
+        return migrate_in_memory(dict(tensors), spec, source, target, chain=chain)
+    finally:
+        chain.route = original_route  # type: ignore[method-assign]
