@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from xtf_core.chain.graph import Chain
@@ -53,3 +54,34 @@ def _migrate(chain: Chain, tensors, spec, source: Stamp, target: Stamp, installe
         return migrate_in_memory(dict(tensors), spec, source, target, chain=chain)
     finally:
         chain.route = original_route  # type: ignore[method-assign]
+
+
+RENAME_STEP_TEMPLATE = '''"""Rename {source} to {target} (synthetic step for tests and benchmarks)."""
+
+from xtf_core.chain import Rename
+
+revision = "{revision}"
+down_revision = "{down_revision}"
+reversible = True
+
+ops = [Rename("{source}", "{target}")]
+'''
+
+
+def write_steps_package(root: str | os.PathLike, package: str, modules: Mapping[str, str]) -> Path:
+    """Create importable package `package` under `root` holding the given step modules (name -> source).
+
+    Point a process at it with PYTHONPATH=root and XTF_MIGRATIONS_PACKAGE=package.
+    """
+    folder = Path(root) / package
+    folder.mkdir(parents=True)
+    (folder / "__init__.py").write_text(f'"""Steps of {package}."""\n', encoding="utf-8")
+    for name, source in modules.items():
+        (folder / f"{name}.py").write_text(source, encoding="utf-8")
+    return folder
+
+
+def rename_step_source(revision: str, down_revision: str, source: str, target: str) -> str:
+    return RENAME_STEP_TEMPLATE.format(
+        revision=revision, down_revision=down_revision, source=source, target=target
+    )
