@@ -31,6 +31,8 @@ class Attention(nn.Module):
         qk_norm_scale: float = 10,
         qk_norm_dim_scale: bool = False,
         gate_values: bool = False,
+        gate_values_bias: bool = False,
+        rotate_values: bool = False,
         flash: bool = False,
         dropout: float = 0.0,
     ) -> None:
@@ -51,7 +53,8 @@ class Attention(nn.Module):
         self.to_q = nn.Linear(dim, dim_head * heads, bias=False)
         self.to_k = nn.Linear(dim_kv, dim_head * kv_heads, bias=False)
         self.to_v = nn.Linear(dim_kv, dim_head * kv_heads, bias=False)
-        self.to_v_gate = nn.Linear(dim, dim_head * heads, bias=False) if gate_values else None
+        self.to_v_gate = nn.Linear(dim, dim_head * heads, bias=gate_values_bias) if gate_values else None
+        self.rotate_values = rotate_values
 
         self.scale = dim_head**-0.5
         if qk_norm and qk_norm_dim_scale:
@@ -116,6 +119,8 @@ class Attention(nn.Module):
             q_scale, k_scale = (xpos_scale, xpos_scale**-1.0) if torch.is_tensor(xpos_scale) else (1.0, 1.0)
             q = apply_rotary(q, freqs, q_scale)
             k = apply_rotary(k, freqs, k_scale)
+            if self.rotate_values:
+                v = apply_rotary(v, freqs, k_scale)
 
         key_mask = context_mask
         if key_mask is None and not has_context:

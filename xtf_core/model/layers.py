@@ -17,7 +17,7 @@ from ..errors import SpecError
 from .attend import AttentionIntermediates
 from .attention import Attention
 from .feedforward import FeedForward
-from .norms import norm_class
+from .norms import LayerNorm, norm_class
 from .options import split_prefixed
 from .positions import AlibiPositionalBias, RelativePositionBias, RotaryEmbedding
 from .spec_record import SpecRecorder
@@ -70,6 +70,11 @@ class LayerOptions:
     sandwich_norm: bool = False
     disable_abs_pos_emb: bool | None = None
     verbose: bool = True
+    # Legacy behaviours, set only by migrations of old x-transformers checkpoints (see docs/compatibility.md).
+    xtf_norm_bias: bool = False  # LayerNorms carry a bias `beta` (x-transformers < 1.27)
+    xtf_final_norm_layernorm: bool = False  # the final norm is a LayerNorm whatever the norm kind (< 1.15)
+    xtf_rotary_values: bool = False  # rotary positions also rotate the values (0.15 - 1.19)
+    xtf_gate_values_bias: bool = False  # the value gate projection has a bias (< 2.26)
 
 
 LAYER_OPTIONS = frozenset(f.name for f in fields(LayerOptions))
@@ -183,7 +188,9 @@ class AttentionLayers(SpecRecorder, nn.Module):
             use_rmsnorm=o.use_rmsnorm, use_scalenorm=o.use_scalenorm, use_simple_rmsnorm=o.use_simple_rmsnorm
         )
 
-        def make_norm() -> nn.Module:
+        def make_norm(final: bool = False) -> nn.Module:
+            if norm_cls is LayerNorm or (final and o.xtf_final_norm_layernorm):
+                return LayerNorm(o.dim, unit_offset=o.norm_add_unit_offset, bias=o.xtf_norm_bias)
             return norm_cls(o.dim, unit_offset=o.norm_add_unit_offset)
 
         self.layer_types = layer_types_for(o)
@@ -195,25 +202,34 @@ class AttentionLayers(SpecRecorder, nn.Module):
             o.cross_residual_attn,
         )
         cross_kwargs = {**attn_kwargs, **cross_kwargs}
+        cross_kwargs.pop("gate_values_bias", None)
         self.layers = nn.ModuleList()
-        for layer_type in self.layer_types:
+        attn_kwargs = {**attn_kwargs, "gate_values_bias": o.xtf_gate_values_bias}
+        for index, layer_type in enumerate(self.layer_types):
+            is_last = index == len(self.layer_types) - 1
             if layer_type == "a":
-                block: nn.Module = Attention(o.dim, heads=o.heads, causal=o.causal, **attn_kwargs)
+                block: nn.Module = Attention(
+                    o.dim, heads=o.heads, causal=o.causal, rotate_values=o.xtf_rotary_values, **attn_kwargs
+                )
             elif layer_type == "c":
                 if not o.cross_attend:
                     raise SpecError(f"{owner}: custom_layers has 'c' but cross_attend is False")
-                block = Attention(o.dim, heads=o.heads, **cross_kwargs)
+                block = Attention(
+                    o.dim, heads=o.heads, **cross_kwargs, gate_values_bias=o.xtf_gate_values_bias
+                )
             else:
                 block = FeedForward(o.dim, **ff_kwargs)
             norms = nn.ModuleList(
                 [
                     make_norm() if o.pre_norm else None,
                     make_norm() if o.sandwich_norm else None,
-                    make_norm() if not o.pre_norm else None,
+                    make_norm(final=is_last) if not o.pre_norm else None,
                 ]
             )
             self.layers.append(nn.ModuleList([norms, block]))
-        self.final_norm = make_norm() if (o.pre_norm and o.pre_norm_has_final_norm) else nn.Identity()
+        self.final_norm = (
+            make_norm(final=True) if (o.pre_norm and o.pre_norm_has_final_norm) else nn.Identity()
+        )
         self.can_cache_kv = True
 
     def forward(

@@ -8,17 +8,22 @@ from torch import Tensor, nn
 
 
 class LayerNorm(nn.Module):
-    """Bias-less LayerNorm; with `unit_offset` the stored gain is `scale - 1`."""
+    """Bias-less LayerNorm; with `unit_offset` the stored gain is `scale - 1`.
 
-    def __init__(self, dim: int, unit_offset: bool = False) -> None:
+    `bias=True` (legacy checkpoints, x-transformers < 1.27) adds the learned shift `beta`.
+    """
+
+    def __init__(self, dim: int, unit_offset: bool = False, bias: bool = False) -> None:
         super().__init__()
         self.dim = dim
         self.unit_offset = unit_offset
         self.gamma = nn.Parameter(torch.full((dim,), 1.0 - float(unit_offset)))
+        self.beta = nn.Parameter(torch.zeros(dim)) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
         normed = F.layer_norm(x, (self.dim,))
-        return normed * (self.gamma + float(self.unit_offset))
+        out = normed * (self.gamma + float(self.unit_offset))
+        return out + self.beta if self.beta is not None else out
 
 
 class RMSNorm(nn.Module):

@@ -68,6 +68,9 @@ class WrapperOptions:
     return_only_embed: bool = False
     use_abs_pos_emb: bool = True
     scaled_sinu_pos_emb: bool = False
+    # Legacy behaviours, set only by migrations of old x-transformers checkpoints.
+    xtf_logits_bias: bool = False  # to_logits has a bias (x-transformers < 1.27)
+    xtf_norm_bias: bool = False  # post_emb_norm is a LayerNorm with bias (< 1.27)
 
 
 class TransformerWrapper(SpecRecorder, nn.Module):
@@ -82,7 +85,7 @@ class TransformerWrapper(SpecRecorder, nn.Module):
         self.num_tokens, self.max_seq_len, self.max_mem_len = o.num_tokens, o.max_seq_len, o.max_mem_len
         self.token_emb = TokenEmbedding(emb_dim, o.num_tokens)
         self.pos_emb = _positions(o.use_abs_pos_emb, o.scaled_sinu_pos_emb, emb_dim, o.max_seq_len, layers)
-        self.post_emb_norm = LayerNorm(emb_dim) if o.post_emb_norm else nn.Identity()
+        self.post_emb_norm = LayerNorm(emb_dim, bias=o.xtf_norm_bias) if o.post_emb_norm else nn.Identity()
         self.emb_dropout = nn.Dropout(o.emb_dropout)
         self.project_emb = nn.Linear(emb_dim, dim) if emb_dim != dim else nn.Identity()
         self.attn_layers = layers
@@ -93,9 +96,8 @@ class TransformerWrapper(SpecRecorder, nn.Module):
         if o.return_only_embed or o.tie_embedding:
             self.to_logits: nn.Module | None = None
         else:
-            self.to_logits = nn.Linear(
-                dim, o.logits_dim if o.logits_dim is not None else o.num_tokens, bias=False
-            )
+            logits_dim = o.logits_dim if o.logits_dim is not None else o.num_tokens
+            self.to_logits = nn.Linear(dim, logits_dim, bias=o.xtf_logits_bias)
         self.num_memory_tokens = o.num_memory_tokens or 0
         if self.num_memory_tokens > 0:
             self.memory_tokens = nn.Parameter(torch.randn(self.num_memory_tokens, dim))
@@ -215,6 +217,9 @@ class ContinuousWrapperOptions:
     scaled_sinu_pos_emb: bool = False
     average_pool_embed: bool = False
     use_identity_if_same_dim: bool = False
+    # Legacy behaviours, set only by migrations of old x-transformers checkpoints.
+    xtf_project_bias: bool = False  # project_in / project_out have biases (x-transformers < 1.27)
+    xtf_norm_bias: bool = False  # post_emb_norm is a LayerNorm with bias (< 1.27)
 
 
 class ContinuousTransformerWrapper(SpecRecorder, nn.Module):
@@ -227,7 +232,7 @@ class ContinuousTransformerWrapper(SpecRecorder, nn.Module):
         dim = layers.dim
         self.max_seq_len, self.max_mem_len = o.max_seq_len, o.max_mem_len
         self.pos_emb = _positions(o.use_abs_pos_emb, o.scaled_sinu_pos_emb, dim, o.max_seq_len, layers)
-        self.post_emb_norm = LayerNorm(dim) if o.post_emb_norm else nn.Identity()
+        self.post_emb_norm = LayerNorm(dim, bias=o.xtf_norm_bias) if o.post_emb_norm else nn.Identity()
         self.emb_dropout = nn.Dropout(o.emb_dropout)
         self.num_memory_tokens = o.num_memory_tokens or 0
         if self.num_memory_tokens > 0:
@@ -236,8 +241,10 @@ class ContinuousTransformerWrapper(SpecRecorder, nn.Module):
         self.average_pool_embed = o.average_pool_embed
         project_in = o.dim_in is not None and (not o.use_identity_if_same_dim or o.dim_in != dim)
         project_out = o.dim_out is not None and (not o.use_identity_if_same_dim or o.dim_out != dim)
-        self.project_in = nn.Linear(o.dim_in, dim, bias=False) if project_in else nn.Identity()
-        self.project_out = nn.Linear(dim, o.dim_out, bias=False) if project_out else nn.Identity()
+        self.project_in = nn.Linear(o.dim_in, dim, bias=o.xtf_project_bias) if project_in else nn.Identity()
+        self.project_out = (
+            nn.Linear(dim, o.dim_out, bias=o.xtf_project_bias) if project_out else nn.Identity()
+        )
         self.can_cache_kv = layers.can_cache_kv
 
     def forward(
@@ -312,7 +319,9 @@ class ContinuousTransformerWrapper(SpecRecorder, nn.Module):
         if return_intermediates:
             return out, intermediates
         if return_mems:
-            return out, _take_mems(intermediates.hiddens, mems, self.max_mem_len, detach_mems)
+            # as in x-transformers 2.31: the new memories are this segment's layer inputs only (the previous
+            # memories are not prepended, unlike TransformerWrapper)
+            return out, _take_mems(intermediates.hiddens, None, self.max_mem_len, detach_mems)
         if return_attn:
             return out, [t.post_softmax_attn for t in intermediates.attn_intermediates]
         return out
