@@ -170,17 +170,22 @@ def run_xtf(args, env_extra, **kwargs):
     )
 
 
-def test_inspect_does_not_import_torch(steps, ckpt):
+def test_inspect_and_rename_only_migrate_do_not_import_torch(steps, ckpt):
     probe = textwrap.dedent(
         """
         import sys
         from xtf_cli.cli import main
-        try:
-            main(["inspect", sys.argv[1]])
-        except SystemExit as exit:
-            assert exit.code in (0, None), exit.code
+        def run(*args):
+            try:
+                main(list(args))
+            except SystemExit as exit:
+                assert exit.code in (0, None), exit.code
+
+        run("inspect", sys.argv[1])
         assert "torch" not in sys.modules, "xtf inspect imported torch"
         assert "safetensors" not in sys.modules, "xtf inspect imported safetensors"
+        run("migrate", sys.argv[1], "-o", sys.argv[1] + ".out", "--to", "0.0.5")
+        assert "torch" not in sys.modules, "a rename-only xtf migrate imported torch"
         print("NO TORCH")
         """
     )

@@ -27,6 +27,8 @@ from xtf_core.checkpoint.header import CheckpointHeaders, read_checkpoint_header
 from xtf_core.checkpoint.stamp import Stamp, read_spec, read_stamp, read_tied, stamped_metadata
 from xtf_core.errors import CheckpointFormatError, MigrationError
 
+MAX_LISTED_TENSORS = 40
+
 
 @dataclass(frozen=True)
 class PlannedStep:
@@ -144,13 +146,15 @@ class FilePlan:
         by_copy = sorted(self.bytes_by_copy().items())
         sizes = ", ".join(f"{_mib(nbytes)} {copy}" for copy, nbytes in by_copy if copy != "none")
         lines.append(f"  tensors: {counts}; bytes: {sizes}")
-        for action in self.actions:
-            if action.action != "kept":
-                moved = action.sources and action.sources != (action.name,)
-                source = f" <- {', '.join(action.sources)}" if moved else ""
-                lines.append(
-                    f"    {action.action:<11} {action.name}{source}  ({action.copy}, {_mib(action.nbytes)})"
-                )
+        changed = [action for action in self.actions if action.action != "kept"]
+        for action in changed[:MAX_LISTED_TENSORS]:
+            moved = action.sources and action.sources != (action.name,)
+            source = f" <- {', '.join(action.sources)}" if moved else ""
+            lines.append(
+                f"    {action.action:<11} {action.name}{source}  ({action.copy}, {_mib(action.nbytes)})"
+            )
+        if len(changed) > MAX_LISTED_TENSORS:
+            lines.append(f"    ... and {len(changed) - MAX_LISTED_TENSORS} more (--json lists every tensor)")
         return lines
 
 
