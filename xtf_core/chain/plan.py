@@ -49,7 +49,7 @@ def plan_steps(route: Route, spec: dict) -> list[PlannedStep]:
             ops, after = step.upgrade_ops(spec), step.apply_upgrade_spec(spec)
         else:
             after = step.apply_downgrade_spec(spec)
-            ops = step.downgrade_ops(after)
+            ops = step.downgrade_ops(after, spec)
         planned.append(PlannedStep(step, route.direction, tuple(ops), spec, after))
         spec = after
     return planned

@@ -3,7 +3,9 @@
 A step module holds, in this order: a docstring (first line printed by `xtf history`; then the upstream
 release/commit that made it necessary), `revision` and `down_revision` (stamps: the layouts it connects),
 `reversible` (and `irreversible_reason` when False), optional `upgrade_spec(spec)` / `downgrade_spec(spec)`,
-and `ops`: a list of ops, or a function of the pre-upgrade spec returning that list.
+and `ops`: a list of ops, or a function of the pre-upgrade spec returning that list. Optionally
+`backfill(spec)`: ops run after the derived reverse when migrating down, computed from the newer spec, for
+tensors the older layout requires that a newer model may lack (e.g. a zero bias).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class Step:
     downgrade_spec: Callable[[dict], dict] = _unchanged
     irreversible_reason: str | None = None
     module: str | None = None
+    backfill: Callable[[dict], Sequence[Op]] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "revision", Stamp.coerce(self.revision))
@@ -57,8 +60,9 @@ class Step:
         ops = self.ops(copy.deepcopy(spec)) if callable(self.ops) else self.ops
         return list(ops)
 
-    def downgrade_ops(self, old_spec: dict) -> list[Op]:
-        """The reverse ops, last first; `old_spec` is the spec after downgrading (the pre-upgrade spec)."""
+    def downgrade_ops(self, old_spec: dict, new_spec: dict | None = None) -> list[Op]:
+        """The reverse ops, last first, then any backfill; `old_spec` is the spec after downgrading (the
+        pre-upgrade spec), `new_spec` the one before (what the backfill looks at)."""
         if self.irreversible_reason is not None:
             raise IrreversibleStepError(
                 f"cannot migrate down through step {self.id} ({self.summary}): {self.irreversible_reason}"
@@ -69,6 +73,8 @@ class Step:
                 reversed_ops.append(op.reverse())
             except IrreversibleStepError as exc:
                 raise IrreversibleStepError(f"cannot migrate down through step {self.id}: {exc}") from exc
+        if self.backfill is not None:
+            reversed_ops += list(self.backfill(copy.deepcopy(new_spec if new_spec is not None else old_spec)))
         return reversed_ops
 
     def apply_upgrade_spec(self, spec: dict) -> dict:
@@ -105,6 +111,7 @@ class Step:
                 downgrade_spec=getattr(module, "downgrade_spec", _unchanged),
                 irreversible_reason=reason,
                 module=name,
+                backfill=getattr(module, "backfill", None),
             )
         except XtfError as exc:
             raise ChainError(f"step module {name}: {exc}") from exc
