@@ -333,6 +333,21 @@ class Transpose(Op):
         return f"Transpose({self.pattern!r}, {self.dim0}, {self.dim1})"
 
 
+LIKE = "like:"
+
+
+def _resolve_dtype(ws: Workspace, dtype: str | None, op: Op) -> str | None:
+    """A declared dtype, where `like:<name>` means "the dtype of tensor <name>" (so bf16 files stay bf16)."""
+    if dtype is None or not dtype.startswith(LIKE):
+        return dtype
+    other = ws.tensors.get(dtype[len(LIKE) :])
+    if other is None:
+        raise MigrationError(
+            f"step {ws.step}: {op.describe()}: no tensor {dtype[len(LIKE) :]!r} to take the dtype from"
+        )
+    return other.dtype
+
+
 @dataclass(frozen=True)
 class Drop(Op):
     """Remove tensors that hold `fill` everywhere; any other value is refused before anything is written.
@@ -360,7 +375,8 @@ class Drop(Op):
     def apply(self, ws: Workspace) -> None:
         for name, _ in _matches(ws, self.pattern, self):
             node = ws.tensors.pop(name)
-            declared = (self.dtype or node.dtype, self.shape if self.shape is not None else node.shape)
+            dtype = _resolve_dtype(ws, self.dtype, self)
+            declared = (dtype or node.dtype, self.shape if self.shape is not None else node.shape)
             if declared != (node.dtype, node.shape):
                 raise MigrationError(
                     f"step {ws.step}: {self.describe()}: {name!r} is {node.dtype}{list(node.shape)}, "
@@ -390,12 +406,12 @@ class Add(Op):
         object.__setattr__(self, "shape", tuple(self.shape))
         if wildcards_of(self.name):
             raise MigrationError(f"{self.describe()}: Add needs a literal tensor name")
-        if self.dtype not in DTYPE_SIZES:
+        if self.dtype not in DTYPE_SIZES and not self.dtype.startswith(LIKE):
             raise MigrationError(f"{self.describe()}: unknown dtype {self.dtype!r}")
 
     def apply(self, ws: Workspace) -> None:
         _refuse_existing(ws, [self.name], self)
-        ws.tensors[self.name] = Filled(self.dtype, self.shape, self.fill)
+        ws.tensors[self.name] = Filled(_resolve_dtype(ws, self.dtype, self), self.shape, self.fill)
 
     def reverse(self) -> Drop:
         return Drop(self.name, self.fill, self.shape, self.dtype)
