@@ -353,12 +353,14 @@ class Drop(Op):
     """Remove tensors that hold `fill` everywhere; any other value is refused before anything is written.
 
     Reversible when the name is literal and `shape` and `dtype` are declared: the reverse adds it back.
+    `unused=True` declares a tensor the model never reads (a dead head): it is dropped whatever it holds.
     """
 
     pattern: str
     fill: float = 0.0
     shape: tuple[int, ...] | None = None
     dtype: str | None = None
+    unused: bool = False
 
     def __post_init__(self) -> None:
         if self.shape is not None:
@@ -382,7 +384,8 @@ class Drop(Op):
                     f"step {ws.step}: {self.describe()}: {name!r} is {node.dtype}{list(node.shape)}, "
                     f"declared {declared[0]}{list(declared[1])}"
                 )
-            ws.drops.append(DroppedTensor(name, node, self.fill, ws.step))
+            if not self.unused:
+                ws.drops.append(DroppedTensor(name, node, self.fill, ws.step))
 
     def reverse(self) -> Add:
         if self.irreversible_reason:
@@ -390,7 +393,7 @@ class Drop(Op):
         return Add(self.pattern, self.shape, self.dtype, self.fill)
 
     def describe(self) -> str:
-        return f"Drop({self.pattern!r})"
+        return f"Drop({self.pattern!r}{', unused' if self.unused else ''})"
 
 
 @dataclass(frozen=True)
