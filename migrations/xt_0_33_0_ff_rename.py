@@ -1,0 +1,16 @@
+"""Feed-forward module renamed: `layers.i.1.net.*` -> `layers.i.1.ff.*`.
+
+x-transformers 0.33.0. Pure rename, exact in both directions.
+"""
+
+from xtf_core.chain import Rename
+
+from ._xt import stacks
+
+revision = "x-transformers==0.33.0"
+down_revision = "x-transformers==0.28.4"
+reversible = True
+
+
+def ops(spec: dict) -> list:
+    return [Rename(f"{s.layers}layers.*.1.net.**", f"{s.layers}layers.*.1.ff.**") for s in stacks(spec)]

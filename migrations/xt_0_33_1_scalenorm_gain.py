@@ -1,0 +1,31 @@
+"""ScaleNorm reparametrised: gain `g` now absorbs sqrt(dim) (`g_new = g_old * sqrt(dim)`).
+
+x-transformers 0.33.1 (before: x / (|x| * dim**-0.5) * g; after: x / |x| * g). Value transform, reversible.
+"""
+
+import math
+
+from xtf_core.chain import ValueTransform
+
+from ._xt import stacks
+
+revision = "x-transformers==0.33.1"
+down_revision = "x-transformers==0.33.0"
+reversible = True
+
+
+def ops(spec: dict) -> list:
+    found = []
+    for stack in stacks(spec):
+        if stack.norm_kind != "scalenorm":
+            continue
+        root = math.sqrt(stack.dim)
+        found.append(
+            ValueTransform(
+                f"{stack.layers}layers.*.0.*.g",
+                forward=lambda t, r=root: t * r,
+                backward=lambda t, r=root: t / r,
+                description=f"g * sqrt({stack.dim})",
+            )
+        )
+    return found

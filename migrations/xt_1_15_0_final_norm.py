@@ -1,0 +1,51 @@
+"""Final norm moved from the wrapper (`norm.*`) into the attention stack.
+
+x-transformers 1.15.0. Pre-norm: `norm.*` -> `attn_layers.final_norm.*`; post-norm: -> the last block's
+post-main norm `attn_layers.layers.<last>.0.2.*`. The old wrapper norm was always a LayerNorm; for
+RMSNorm/ScaleNorm stacks the spec keeps it one (`xtf_final_norm_layernorm`), so outputs are unchanged.
+"""
+
+from xtf_core.chain import Rename
+from xtf_core.errors import MigrationError
+
+from ._xt import stacks
+
+revision = "x-transformers==1.15.0"
+down_revision = "x-transformers==0.33.1"
+reversible = True
+
+
+def ops(spec: dict) -> list:
+    found = []
+    for stack in stacks(spec):
+        if stack.wrapper is None:
+            raise MigrationError(
+                "a bare attention stack saved before x-transformers 1.15.0 has no final norm, and later "
+                "releases always add one; wrap it in a TransformerWrapper config to convert it"
+            )
+        if stack.options.pre_norm:
+            target = f"{stack.layers}final_norm."
+        else:
+            target = f"{stack.layers}layers.{len(stack.layer_types) - 1}.0.2."
+        for leaf in ("weight", "bias"):
+            found.append(Rename(f"{stack.wrapper}norm.{leaf}", target + leaf))
+    return found
+
+
+def upgrade_spec(spec: dict) -> dict:
+    for stack in stacks(spec):
+        if stack.norm_kind in ("rmsnorm", "scalenorm"):
+            stack.set("xtf_final_norm_layernorm", True)
+    return spec
+
+
+def downgrade_spec(spec: dict) -> dict:
+    for stack in stacks(spec):
+        if stack.norm_kind in ("rmsnorm", "scalenorm") and not stack.pop("xtf_final_norm_layernorm"):
+            raise MigrationError(
+                "x-transformers before 1.15.0 always ends with a LayerNorm; this RMSNorm/ScaleNorm model "
+                "ends with its own norm kind, which those releases cannot express"
+            )
+        if stack.norm_kind == "simple_rmsnorm":
+            raise MigrationError("x-transformers before 1.15.0 ends with a LayerNorm, never a SimpleRMSNorm")
+    return spec

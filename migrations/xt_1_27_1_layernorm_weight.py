@@ -1,0 +1,31 @@
+"""LayerNorm is torch's bias-less `nn.LayerNorm` again: `gamma` -> `weight`, the zero `beta` buffer dropped.
+
+x-transformers 1.27.1 (with torch >= 2.1). Legacy biases carried by `xtf_norm_bias` stay as `beta`.
+"""
+
+from xtf_core.chain import Drop, Rename
+
+from ._xt import layernorms, stacks
+
+revision = "x-transformers==1.27.1"
+down_revision = "x-transformers==1.27.0"
+reversible = True
+
+
+def _biased(spec: dict, prefix: str) -> bool:
+    for stack in stacks(spec):
+        if stack.wrapper is not None and prefix == f"{stack.wrapper}post_emb_norm.":
+            return bool(stack.wrapper_get("xtf_norm_bias"))
+        if prefix.startswith(stack.layers):
+            return bool(stack.get("xtf_norm_bias"))
+    return False
+
+
+def ops(spec: dict) -> list:
+    found = []
+    for prefix in layernorms(spec):
+        found.append(Rename(prefix + "gamma", prefix + "weight"))
+        if not _biased(spec, prefix):
+            dim = stacks(spec)[0].dim
+            found.append(Drop(prefix + "beta", 0.0, (dim,), f"like:{prefix}weight"))
+    return found

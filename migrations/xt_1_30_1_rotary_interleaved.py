@@ -1,0 +1,93 @@
+"""Rotary embeddings switched from rotating halves to rotating interleaved pairs.
+
+x-transformers 1.30.1 (0.11.2-1.30.0 used `rotate_half`). The same function is kept by permuting, inside
+every head, the rotary features of the query/key projections (and of the values and output projection
+when values are rotated too): feature i of the first half -> 2i, of the second half -> 2i + 1. Exact.
+"""
+
+from xtf_core.chain import ValueTransform
+from xtf_core.errors import MigrationError
+
+from ._xt import stacks
+
+revision = "x-transformers==1.30.1"
+down_revision = "x-transformers==1.27.20"
+reversible = True
+
+
+def _permutation(dim_head: int, rot: int, inverse: bool) -> list[int]:
+    """Index map within one head: new[j] = old[perm[j]]."""
+    perm = list(range(dim_head))
+    half = rot // 2
+    for i in range(half):
+        perm[2 * i], perm[2 * i + 1] = i, i + half
+    if inverse:
+        inv = [0] * dim_head
+        for j, src in enumerate(perm):
+            inv[src] = j
+        return inv
+    return perm
+
+
+def _permute(dim: int, dim_head: int, perm: list[int]):
+    def apply(tensor):
+        import torch
+
+        index = torch.tensor(perm, device=tensor.device)
+        moved = tensor.movedim(dim, 0)
+        heads = moved.shape[0] // dim_head
+        moved = moved.reshape(heads, dim_head, *moved.shape[1:]).index_select(1, index)
+        return moved.reshape(heads * dim_head, *moved.shape[2:]).movedim(0, dim).contiguous()
+
+    return apply
+
+
+def ops(spec: dict) -> list:
+    found = []
+    for stack in stacks(spec):
+        if not stack.rotary:
+            continue
+        if stack.get("attn_qk_norm") and stack.get("attn_qk_norm_groups", 1) != 1:
+            raise MigrationError(
+                "rotary with attn_qk_norm_groups > 1 cannot be carried across 1.30.1 exactly"
+            )
+        dim_head = stack.dim_head
+        rot = stack.get("rotary_emb_dim") or max(dim_head // 2, 32)
+        fwd, bwd = _permutation(dim_head, rot, False), _permutation(dim_head, rot, True)
+        rows = ["to_q.weight", "to_k.weight"] + (["to_v.weight"] if stack.get("xtf_rotary_values") else [])
+        for index, layer_type in enumerate(stack.layer_types):
+            if layer_type != "a":
+                continue
+            base = f"{stack.layers}layers.{index}.1."
+            for name in rows:
+                found.append(
+                    ValueTransform(
+                        base + name,
+                        _permute(0, dim_head, fwd),
+                        _permute(0, dim_head, bwd),
+                        False,
+                        "interleave rotary features",
+                    )
+                )
+            if stack.get("xtf_rotary_values") and stack.get("heads", 8) > 1:
+                found.append(
+                    ValueTransform(
+                        base + "to_out.weight",
+                        _permute(1, dim_head, fwd),
+                        _permute(1, dim_head, bwd),
+                        False,
+                        "interleave rotary features",
+                    )
+                )
+            if stack.get("attn_qk_norm") and stack.get("attn_qk_norm_dim_scale"):
+                for name in ("qk_norm_q_scale", "qk_norm_k_scale"):
+                    found.append(
+                        ValueTransform(
+                            base + name,
+                            _permute(2, dim_head, fwd),
+                            _permute(2, dim_head, bwd),
+                            False,
+                            "interleave rotary features",
+                        )
+                    )
+    return found

@@ -1,0 +1,42 @@
+"""LayerNorm is x-transformers' own module again (`weight` -> `gamma`), and `norm_add_unit_offset` appears.
+
+x-transformers 1.31.0. Renames, exact both ways. Going down past 1.31.0, a model that uses the unit
+offset (stored gain = scale - 1) gets its gains stored as scales (`gain + 1`), since older releases lack
+the option.
+"""
+
+from xtf_core.chain import Rename, ValueTransform
+
+from ._xt import layernorms, norm_gains, stacks
+
+revision = "x-transformers==1.31.0"
+down_revision = "x-transformers==1.30.1"
+reversible = True
+
+
+def ops(spec: dict) -> list:
+    return [Rename(prefix + "weight", prefix + "gamma") for prefix in layernorms(spec)]
+
+
+def backfill(spec: dict) -> list:
+    found = []
+    for stack in stacks(spec):
+        if stack.get("norm_add_unit_offset"):
+            found += [
+                ValueTransform(
+                    name.replace(".gamma", ".weight") if name.endswith("gamma") else name,
+                    lambda t: t + 1,
+                    lambda t: t - 1,
+                    True,
+                    "gain + 1",
+                )
+                for name in norm_gains(spec)
+                if name.startswith(stack.layers)
+            ]
+    return found
+
+
+def downgrade_spec(spec: dict) -> dict:
+    for stack in stacks(spec):
+        stack.pop("norm_add_unit_offset")
+    return spec
