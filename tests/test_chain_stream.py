@@ -192,7 +192,11 @@ def test_refusals_leave_no_output(tmp_path, source):
     with pytest.raises(MigrationError, match="already exists"):
         migrate_file(source, existing, chain=Chain([RENAME], installed="0.1.0"))
     assert existing.read_bytes() == b"x"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["exists.safetensors", "model.safetensors", "newer.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "exists.safetensors",
+        "model.safetensors",
+        "newer.safetensors",
+    ]
 
 
 def test_in_memory_migration_matches_file_migration(tmp_path, source):
@@ -207,3 +211,22 @@ def test_in_memory_migration_matches_file_migration(tmp_path, source):
     assert migrated["steps"] is original["steps"]
     assert spec == with_dim(SPEC, 5) and [r["to"] for r in records] == ["xtf==0.1.0", "xtf==0.2.0"]
     assert set(original) == set(tensors())  # inputs untouched
+
+
+def test_elementwise_transform_streams_in_chunks(tmp_path, source, monkeypatch):
+    from xtf_core.chain import stream
+
+    monkeypatch.setattr(stream, "ELEMENTWISE_CHUNK_BYTES", 6)
+    calls = []
+
+    def negate(tensor):
+        calls.append(tensor.numel())
+        return -tensor
+
+    step = Step(
+        "xtf==0.1.0", "xtf==0.0.1", "Negate.", ops=[ValueTransform("layers.0.qkv.weight", negate, negate)]
+    )
+    out = tmp_path / "out.safetensors"
+    migrate_file(source, out, chain=Chain([step], installed="0.1.0"))
+    assert torch.equal(load_file(str(out))["layers.0.qkv.weight"], -tensors()["layers.0.qkv.weight"])
+    assert calls == [3] * 16  # 48 bf16 elements, 3 per 6-byte chunk

@@ -457,7 +457,8 @@ class ValueTransform(Op):
             fn = functools.partial(
                 _checked_transform, self.forward, f"step {ws.step}: {self.describe()} on {name!r}"
             )
-            ws.tensors[name] = Computed(node.dtype, node.shape, (node,), fn, f"transform {name}")
+            label = f"transform {name}"
+            ws.tensors[name] = Computed(node.dtype, node.shape, (node,), fn, label, self.elementwise)
 
     def reverse(self) -> ValueTransform:
         if self.backward is None:

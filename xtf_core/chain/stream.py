@@ -16,9 +16,9 @@ from pathlib import Path
 
 from xtf_core.chain.graph import Chain
 from xtf_core.chain.plan import FilePlan, plan_file
-from xtf_core.chain.tensors import Realiser, StoredBytes, TensorNode, check_drops
+from xtf_core.chain.tensors import Computed, Realiser, StoredBytes, TensorNode, check_drops
 from xtf_core.checkpoint.atomic import atomic_file, atomic_folder, is_temp_leftover, make_backup
-from xtf_core.checkpoint.header import encode_header
+from xtf_core.checkpoint.header import DTYPE_SIZES, encode_header
 from xtf_core.checkpoint.io import (
     copy_range,
     dtype_code,
@@ -31,6 +31,7 @@ from xtf_core.checkpoint.stamp import Stamp
 from xtf_core.errors import MigrationError
 
 Progress = Callable[[int], None]
+ELEMENTWISE_CHUNK_BYTES = 16 * 2**20
 
 
 def migrate_file(
@@ -105,6 +106,8 @@ def _write_tensors(
     for name, node in tensors.items():
         if isinstance(node, StoredBytes):
             copy_range(source_fds[node.source], node.offset, node.nbytes, fd)
+        elif _streams_in_chunks(node):
+            _write_elementwise(fd, node, source_fds)
         else:
             tensor = realise(node)
             produced = (dtype_code(tensor.dtype), tuple(tensor.shape))
@@ -116,6 +119,29 @@ def _write_tensors(
             write_all(fd, tensor_bytes(tensor))
         if progress is not None:
             progress(node.nbytes)
+
+
+def _streams_in_chunks(node: TensorNode) -> bool:
+    """An elementwise transform of stored bytes larger than one chunk is computed chunk by chunk."""
+    return (
+        isinstance(node, Computed)
+        and node.elementwise
+        and len(node.inputs) == 1
+        and isinstance(node.inputs[0], StoredBytes)
+        and node.nbytes > ELEMENTWISE_CHUNK_BYTES
+    )
+
+
+def _write_elementwise(fd: int, node: Computed, source_fds: dict[str, int]) -> None:
+    """Read, transform and write an elementwise-transformed tensor in flat chunks (peak: about two chunks)."""
+    stored = node.inputs[0]
+    itemsize = DTYPE_SIZES[stored.dtype]
+    chunk = ELEMENTWISE_CHUNK_BYTES // itemsize * itemsize
+    for start in range(0, stored.nbytes, chunk):
+        length = min(chunk, stored.nbytes - start)
+        buffer = read_range(source_fds[stored.source], stored.offset + start, length)
+        piece = node.fn(tensor_from_bytes(buffer, stored.dtype, (length // itemsize,)))
+        write_all(fd, tensor_bytes(piece))
 
 
 def _write_sharded(

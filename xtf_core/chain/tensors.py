@@ -56,6 +56,7 @@ class Computed(TensorNode):
     inputs: tuple[TensorNode, ...]
     fn: Callable[..., Any]
     label: str
+    elementwise: bool = False  # fn maps each element independently, so it may run chunk by chunk
 
 
 @dataclass(frozen=True)
