@@ -72,7 +72,9 @@ def inspect(ckpt: Path, as_json: bool) -> None:
         )
         try:
             pending = default_chain().route(stamp)
-            report["pending"] = pending.records()
+            report["pending"] = [
+                {**record, "summary": step.summary} for record, step in zip(pending.records(), pending.steps)
+            ]
         except XtfError as exc:
             report["pending_error"] = " ".join(str(exc).split())
     if as_json:
@@ -98,7 +100,7 @@ def inspect(ckpt: Path, as_json: bool) -> None:
     elif report["pending"]:
         click.echo(f"pending to {report['installed']}: {len(report['pending'])} step(s); run xtf migrate")
         for record in report["pending"]:
-            click.echo(f"  {record['from']} -> {record['to']}  {record['id']}")
+            click.echo(f"  {record['from']} -> {record['to']}  {record['summary']}")
     else:
         click.echo(f"pending to {report['installed']}: none")
 

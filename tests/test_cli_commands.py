@@ -202,3 +202,23 @@ def test_console_script_errors_are_one_line(tmp_path):
     result = subprocess.run([str(xtf), "inspect", str(missing)], capture_output=True, text=True)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [f"error: {missing}: no such file or folder"]
+
+
+def test_inspect_with_the_installed_chain_does_not_import_torch(tmp_path):
+    """The real step modules must stay importable by header-only tools."""
+    legacy = tmp_path / "legacy.safetensors"
+    write_checkpoint(legacy, {"a": torch.ones(2)}, "x-transformers==1.20.0", SPEC)
+    probe = (
+        "import sys\n"
+        "from xtf_cli.cli import main\n"
+        "try:\n    main(['inspect', sys.argv[1], '--json'])\n"
+        "except SystemExit as exit:\n    assert exit.code in (0, None)\n"
+        "assert 'torch' not in sys.modules, 'inspect imported torch'\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "XTF_MIGRATIONS_PACKAGE"}
+    result = subprocess.run(
+        [sys.executable, "-c", probe, str(legacy)], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["stamp"] == "x-transformers==1.20.0" and report["pending"][-1]["to"] == "xtf==0.1.0"
