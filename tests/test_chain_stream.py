@@ -192,6 +192,8 @@ def test_refusals_leave_no_output(tmp_path, source):
     with pytest.raises(MigrationError, match="already exists"):
         migrate_file(source, existing, chain=Chain([RENAME], installed="0.1.0"))
     assert existing.read_bytes() == b"x"
+    with pytest.raises(MigrationError, match="does not exist; create it first"):
+        migrate_file(source, tmp_path / "no" / "out.safetensors", chain=Chain([RENAME], installed="0.1.0"))
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "exists.safetensors",
         "model.safetensors",

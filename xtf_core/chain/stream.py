@@ -60,6 +60,21 @@ def migrate_file(
         raise MigrationError(
             f"output {destination} already exists; choose another -o path or remove it first"
         )
+    if not destination.parent.is_dir():
+        raise MigrationError(f"output folder {destination.parent} does not exist; create it first")
+    try:
+        _write(plan, source, destination, in_place, progress)
+    except OSError as exc:
+        raise MigrationError(
+            f"{destination}: {exc.strerror or exc} while writing; nothing was written at the output path"
+        ) from exc
+    return plan
+
+
+def _write(
+    plan: FilePlan, source: Path, destination: Path, in_place: bool, progress: Progress | None
+) -> None:
+    """Check drops, back up for --in-place, then write every output file atomically."""
     with _open_sources(plan) as source_fds:
         realise = Realiser(lambda node: _read_stored(source_fds, node))
         check_drops(plan.drops, realise)
@@ -68,11 +83,9 @@ def migrate_file(
         if plan.headers.is_sharded:
             _write_sharded(plan, destination, source_fds, realise, progress)
         else:
+            tensors = plan.outputs[plan.headers.path.name]
             with atomic_file(destination) as fd:
-                _write_tensors(
-                    fd, plan.outputs[plan.headers.path.name], plan.metadata, source_fds, realise, progress
-                )
-    return plan
+                _write_tensors(fd, tensors, plan.metadata, source_fds, realise, progress)
 
 
 @contextlib.contextmanager
