@@ -123,6 +123,11 @@ class Stack:
     def dim_head(self) -> int:
         return self.get("attn_dim_head", 64)
 
+    @property
+    def rotary_dim(self) -> int:
+        """The rotary dimension as x-transformers before 1.42.18 computed it (floored at 32)."""
+        return max(self.get("rotary_emb_dim") or self.dim_head // 2, 32)
+
     def norm_modules(self) -> list[tuple[str, str]]:
         """(module prefix, kind) of every norm in the stack, kind in layernorm/rmsnorm/scalenorm."""
         o, kind = self.options, self.norm_kind

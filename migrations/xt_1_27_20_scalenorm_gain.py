@@ -10,7 +10,7 @@ from xtf_core.chain import ValueTransform
 from ._xt import stacks
 
 revision = "x-transformers==1.27.20"
-down_revision = "x-transformers==1.27.1"
+down_revision = "x-transformers==1.27.5"
 reversible = True
 
 

@@ -52,7 +52,7 @@ def ops(spec: dict) -> list:
                 "rotary with attn_qk_norm_groups > 1 cannot be carried across 1.30.1 exactly"
             )
         dim_head = stack.dim_head
-        rot = stack.get("rotary_emb_dim") or max(dim_head // 2, 32)
+        rot = stack.rotary_dim
         fwd, bwd = _permutation(dim_head, rot, False), _permutation(dim_head, rot, True)
         rows = ["to_q.weight", "to_k.weight"] + (["to_v.weight"] if stack.get("xtf_rotary_values") else [])
         for index, layer_type in enumerate(stack.layer_types):

@@ -1,7 +1,10 @@
-"""Default rotary dimension changed from `max(dim_head // 2, 32)` to `dim_head // 2`; older files pin it.
+"""The rotary dimension lost its floor of 32 (`max(rotary_emb_dim or dim_head // 2, 32)` before); older files pin it.
 
-x-transformers 1.42.18. Spec only (`rotary_emb_dim` made explicit), exact both ways.
+x-transformers 1.42.18. Spec only (`rotary_emb_dim` made explicit), exact both ways; going down, a rotary
+dimension below 32 cannot be expressed and is refused.
 """
+
+from xtf_core.errors import MigrationError
 
 from ._xt import stacks
 
@@ -13,13 +16,19 @@ ops: list = []
 
 def upgrade_spec(spec: dict) -> dict:
     for stack in stacks(spec):
-        if stack.rotary and stack.get("rotary_emb_dim") is None:
-            stack.set("rotary_emb_dim", max(stack.dim_head // 2, 32))
+        if stack.rotary:
+            stack.set("rotary_emb_dim", stack.rotary_dim)
     return spec
 
 
 def downgrade_spec(spec: dict) -> dict:
     for stack in stacks(spec):
-        if stack.rotary and stack.get("rotary_emb_dim") is None:
-            stack.set("rotary_emb_dim", stack.dim_head // 2)
+        if not stack.rotary:
+            continue
+        dim = stack.get("rotary_emb_dim") or stack.dim_head // 2
+        if dim < 32:
+            raise MigrationError(
+                f"x-transformers before 1.42.18 uses at least 32 rotary dimensions; this model uses {dim}"
+            )
+        stack.set("rotary_emb_dim", dim)
     return spec

@@ -223,7 +223,7 @@ class AttentionLayers(SpecRecorder, nn.Module):
             residual = x
             if pre_branch_norm is not None:
                 x = pre_branch_norm(x)
-                if layer_mem is not None:
+                if layer_mem is not None and not self.options.xtf_unnormed_mems:
                     layer_mem = pre_branch_norm(layer_mem)
             if layer_type == "a":
                 out, inter = block(

@@ -333,6 +333,7 @@ XTRANSFORMER_WRAPPER_KEYS = (
     "emb_dropout",
     "scaled_sinu_pos_emb",
     "use_abs_pos_emb",
+    "xtf_logits_bias",
 )
 
 
