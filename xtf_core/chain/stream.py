@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from xtf_core.chain.graph import Chain
@@ -114,12 +115,22 @@ def _write_tensors(
     realise: Realiser,
     progress: Progress | None,
 ) -> None:
-    """Header, then each tensor's bytes back to back, in the header's order."""
+    """Header, then each tensor's bytes back to back, in the header's order.
+
+    Raw tensors that sit back to back in the source are copied as one range (one kernel call for a whole
+    rename-only file); everything else is produced tensor by tensor.
+    """
     write_all(fd, encode_header(((name, node.dtype, node.shape) for name, node in tensors.items()), metadata))
+    run = RawRun()
     for name, node in tensors.items():
         if isinstance(node, StoredBytes):
-            copy_range(source_fds[node.source], node.offset, node.nbytes, fd)
-        elif _streams_in_chunks(node):
+            if not run.extend(node):
+                run.flush(fd, source_fds, progress)
+                run = RawRun(node.source, node.offset, node.nbytes)
+            continue
+        run.flush(fd, source_fds, progress)
+        run = RawRun()
+        if _streams_in_chunks(node):
             _write_elementwise(fd, node, source_fds)
         else:
             tensor = realise(node)
@@ -132,6 +143,28 @@ def _write_tensors(
             write_all(fd, tensor_bytes(tensor))
         if progress is not None:
             progress(node.nbytes)
+    run.flush(fd, source_fds, progress)
+
+
+@dataclass
+class RawRun:
+    """A byte range of one source shard to copy undecoded, grown while tensors follow each other."""
+
+    source: str | None = None
+    offset: int = 0
+    nbytes: int = 0
+
+    def extend(self, node: StoredBytes) -> bool:
+        if self.source != node.source or node.offset != self.offset + self.nbytes:
+            return False
+        self.nbytes += node.nbytes
+        return True
+
+    def flush(self, fd: int, source_fds: dict[str, int], progress: Progress | None) -> None:
+        if self.source is not None and self.nbytes:
+            copy_range(source_fds[self.source], self.offset, self.nbytes, fd)
+            if progress is not None:
+                progress(self.nbytes)
 
 
 def _streams_in_chunks(node: TensorNode) -> bool:
