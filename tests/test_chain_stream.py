@@ -123,7 +123,7 @@ def test_structural_step_decodes_only_what_it_touches_and_round_trips(tmp_path, 
     ] * 2
 
 
-def test_sharded_folder_is_migrated_shard_by_shard_with_new_index(tmp_path):
+def make_sharded(tmp_path):
     folder = tmp_path / "sharded"
     folder.mkdir()
     all_tensors = tensors()
@@ -138,6 +138,11 @@ def test_sharded_folder_is_migrated_shard_by_shard_with_new_index(tmp_path):
     }
     (folder / "model.safetensors.index.json").write_text(json.dumps(index))
     (folder / "config.json").write_text("{}")
+    return folder, shards, all_tensors
+
+
+def test_sharded_folder_is_migrated_shard_by_shard_with_new_index(tmp_path):
+    folder, shards, all_tensors = make_sharded(tmp_path)
     out = tmp_path / "migrated"
     migrate_file(folder, out, chain=Chain([RENAME], installed="0.1.0"))
     new_index = json.loads((out / "model.safetensors.index.json").read_text())
@@ -232,3 +237,18 @@ def test_elementwise_transform_streams_in_chunks(tmp_path, source, monkeypatch):
     migrate_file(source, out, chain=Chain([step], installed="0.1.0"))
     assert torch.equal(load_file(str(out))["layers.0.qkv.weight"], -tensors()["layers.0.qkv.weight"])
     assert calls == [3] * 16  # 48 bf16 elements, 3 per 6-byte chunk
+
+
+def test_sharded_in_place_keeps_folder_backup(tmp_path):
+    folder, shards, _ = make_sharded(tmp_path)
+    before = {path.name: path.read_bytes() for path in folder.iterdir()}
+    migrate_file(
+        folder / "model.safetensors.index.json", in_place=True, chain=Chain([RENAME], installed="0.1.0")
+    )
+    backup = tmp_path / "sharded.bak"
+    assert {path.name: path.read_bytes() for path in backup.iterdir()} == before
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    assert "layers.0.out_proj.weight" in index["weight_map"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["sharded", "sharded.bak"]
+    with pytest.raises(MigrationError, match="sharded.bak already exists"):
+        migrate_file(folder, in_place=True, chain=Chain([RENAME], installed="0.1.0"))
