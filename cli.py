@@ -188,5 +188,65 @@ def verify(ckpt: Path, as_json: bool) -> None:
         sys.exit(1)
 
 
+@main.command()
+@click.argument("src", type=click.Path(path_type=Path))
+@click.option(
+    "--from",
+    "source",
+    metavar="x-transformers[==RELEASE]",
+    help="Convert an unstamped x-transformers state dict (torch pickle).",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    help="JSON of the constructor call, in spec form, with that release's kwargs.",
+)
+@click.option("--key", help="Where the state dict sits inside the pickle (default: found automatically).")
+@click.option(
+    "--to",
+    "target",
+    metavar="x-transformers==RELEASE",
+    help="Export a stamped checkpoint as that release's plain state dict.",
+)
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="The file to write.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def convert(
+    src: Path,
+    source: str | None,
+    config_path: Path | None,
+    key: str | None,
+    target: str | None,
+    output: Path,
+    as_json: bool,
+) -> None:
+    """Stamp a legacy checkpoint (--from), or export a stamped one to an x-transformers release (--to)."""
+    from xtf_converters import xtransformers
+
+    if (source is None) == (target is None):
+        raise click.UsageError("give exactly one of --from (import) or --to (export)")
+    if source is not None:
+        if config_path is None:
+            raise click.UsageError("--from needs --config CONFIG.json")
+        report = xtransformers.convert(
+            src,
+            output,
+            release=xtransformers.parse_source(source),
+            config=xtransformers.read_config(config_path),
+            key=key,
+        )
+        text = f"{report['source']} -> {report['output']}: stamped {report['stamp']} ({report['why']})"
+    else:
+        release = xtransformers.parse_source(target)
+        if release is None:
+            raise click.UsageError("--to needs a release: --to x-transformers==RELEASE")
+        report = xtransformers.export(src, output, release=release)
+        text = f"{report['source']} ({report['from']}) -> {report['output']} for {report['to']}; config in {report['config']}"
+    if as_json:
+        _print_json(report)
+    else:
+        click.echo(text)
+
+
 if __name__ == "__main__":
     main()

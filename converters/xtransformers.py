@@ -110,8 +110,25 @@ def _node_ranges() -> list[tuple[Stamp, str]]:
     return ranges
 
 
+def _layout_at(node: Stamp, config: dict) -> dict[str, tuple[int, ...]]:
+    """The (name -> shape) layout x-transformers at `node` has for `config`, derived from the chain."""
+    import torch
+
+    from xtf_core.chain import default_chain, migrate_in_memory
+    from xtf_core.chain.plan import plan_steps
+    from xtf_core.spec import build
+
+    current = current_stamp()
+    planned = plan_steps(default_chain().route(node, current), config)
+    spec_now = planned[-1].spec_after if planned else config
+    with torch.device("meta"):
+        model = build(spec_now)
+    back, _, _ = migrate_in_memory(model.state_dict(), spec_now, current, node)
+    return {name: tuple(t.shape) for name, t in back.items()}
+
+
 def detect_release(tensors: Mapping[str, Any], config: dict, where: str) -> Detection:
-    """The era whose layout fits the file; refuses when fitting eras compute differently."""
+    """The era whose exact layout (names and shapes) the file has; refuses when such eras compute differently."""
     import torch
 
     size = sum(t.numel() * t.element_size() for t in tensors.values())
@@ -119,11 +136,14 @@ def detect_release(tensors: Mapping[str, Any], config: dict, where: str) -> Dete
         raise ConversionError(
             f"{where}: too large to detect its release by trial; name it: --from x-transformers==RELEASE"
         )
+    layout = {name: tuple(t.shape) for name, t in tensors.items()}
     fits: list[tuple[Stamp, str, dict, dict]] = []
     for node, label in _node_ranges():
         try:
+            if _layout_at(node, config) != layout:
+                continue
             migrated, spec = _fit(tensors, config, node, where)
-        except (XtfError, RuntimeError, ValueError, TypeError, KeyError):
+        except (XtfError, RuntimeError, ValueError, TypeError, KeyError, NotImplementedError):
             continue
         fits.append((node, label, migrated, spec))
     if not fits:
@@ -131,26 +151,52 @@ def detect_release(tensors: Mapping[str, Any], config: dict, where: str) -> Dete
             f"{where}: its tensor names and shapes fit no x-transformers release from {FIRST_SUPPORTED} to "
             f"{LAST_KNOWN} for this config; check the config (dim, depth, heads, options) or name the release"
         )
-    first_node, first_label, first_tensors, first_spec = fits[0]
-    differing = []
-    for _node, label, migrated, spec in fits[1:]:
+    first_node, _, first_tensors, first_spec = fits[0]
+    labels = ", ".join(label for _, label, _, _ in fits)
+    for _node, _label, migrated, spec in fits[1:]:
         same = (
             spec == first_spec
             and migrated.keys() == first_tensors.keys()
             and all(torch.equal(migrated[k], first_tensors[k]) for k in migrated)
         )
         if not same:
-            differing.append(label)
-    labels = ", ".join(label for _, label, _, _ in fits)
-    if differing:
-        raise ConversionError(
-            f"{where}: the layout fits several x-transformers eras ({labels}) that compute differently for this "
-            f"config; name the release you trained with: --from x-transformers==RELEASE"
-        )
+            raise ConversionError(
+                f"{where}: the layout fits several x-transformers eras ({labels}) that compute differently for "
+                f"this config; name the release you trained with: --from x-transformers==RELEASE"
+            )
     return Detection(
         first_node.version,
-        f"tensor names and shapes fit x-transformers {labels}; all compute the same function for this config",
+        f"tensor names and shapes are those of x-transformers {labels}; "
+        + ("all compute the same function for this config" if len(fits) > 1 else "no other era has them"),
     )
+
+
+def _compare_layout(tensors: Mapping[str, Any], config: dict, stamp: Stamp, where: str) -> None:
+    """Name the first tensor whose presence or shape disagrees with what the config builds at `stamp`."""
+    try:
+        expected = _layout_at(stamp, config)
+    except XtfError as exc:
+        raise ConversionError(
+            f"{where}: the config cannot be read as x-transformers {stamp.version}: {exc}"
+        ) from exc
+    problems = []
+    for name in sorted(set(expected) | set(tensors)):
+        if name not in tensors:
+            problems.append(f"missing {name!r} (the config builds it with shape {list(expected[name])})")
+        elif name not in expected:
+            problems.append(
+                f"unexpected {name!r} (shape {list(tensors[name].shape)}; the config builds no such tensor)"
+            )
+        elif tuple(tensors[name].shape) != expected[name]:
+            problems.append(
+                f"{name!r} has shape {list(tensors[name].shape)}, the config builds {list(expected[name])}"
+            )
+    if problems:
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ConversionError(
+            f"{where}: does not match the config as x-transformers {stamp.version}: {problems[0]}{more}; "
+            "check dim, depth, heads and options in --config"
+        )
 
 
 def convert(
@@ -172,6 +218,7 @@ def convert(
     else:
         why = "named with --from"
     stamp = check_release(release)
+    _compare_layout(state, config, stamp, where)
     try:
         _fit(state, config, stamp, where)
     except XtfError as exc:

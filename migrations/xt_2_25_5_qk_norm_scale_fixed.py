@@ -20,7 +20,14 @@ def upgrade_spec(spec: dict) -> dict:
 
 
 def downgrade_spec(spec: dict) -> dict:
+    """Store the cube root where the old releases can use it (to 1e-12); otherwise mark the file uncubed."""
     for stack in stacks(spec):
-        if stack.get("attn_qk_norm"):
+        if not stack.get("attn_qk_norm"):
+            continue
+        scale = stack.get("attn_qk_norm_scale", 10)
+        root = round(scale ** (1 / 3), 12)
+        if abs(root**3 - scale) <= 1e-12 * abs(scale):
+            stack.set("attn_qk_norm_scale", root)
+        else:
             stack.set("xtf_qk_norm_uncubed", True)
     return spec

@@ -11,8 +11,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 from safetensors.torch import save_file
-from xtf_cli.cli import main
 
+from xtf_cli.cli import main
 from xtf_core.chain.testing import rename_step_source, write_checkpoint, write_steps_package
 
 SPEC = {"class": "TransformerWrapper", "num_tokens": 8, "attn_layers": {"class": "Decoder", "dim": 4}}

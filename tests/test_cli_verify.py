@@ -4,9 +4,9 @@ import json
 
 import torch
 from click.testing import CliRunner
-from xtf_cli.cli import main
 
 import xtf_core
+from xtf_cli.cli import main
 from xtf_core.checkpoint.header import read_header
 
 SPEC = {
