@@ -16,7 +16,7 @@ from typing import Any
 
 from packaging.version import Version
 
-from xtf_core.checkpoint.stamp import Stamp, current_stamp, stamped_metadata
+from xtf_core.checkpoint.stamp import KEY_FINGERPRINT, Stamp, canonical_json, current_stamp, stamped_metadata
 from xtf_core.errors import ConversionError, XtfError
 
 from .torch_pickle import read_state_dict
@@ -208,7 +208,8 @@ def convert(
     key: str | None = None,
 ) -> dict[str, Any]:
     """Write `src` (a torch pickle of an x-transformers state dict) as a stamped safetensors file."""
-    from xtf_core.loading import _dedupe_shared, write_tensors
+    from xtf_core.fingerprint import compute_fingerprint
+    from xtf_core.loading import _dedupe_shared, build_with_state, write_tensors
 
     state, found_at = read_state_dict(src, key)
     where = str(src)
@@ -220,11 +221,13 @@ def convert(
     stamp = check_release(release)
     _compare_layout(state, config, stamp, where)
     try:
-        _fit(state, config, stamp, where)
+        migrated, spec = _fit(state, config, stamp, where)
     except XtfError as exc:
         raise ConversionError(f"{exc} (as x-transformers {stamp.version} with the given config)") from exc
     tensors, tied = _dedupe_shared({k: v.contiguous() for k, v in state.items()})
     metadata = stamped_metadata({}, stamp, config, tied=tied)
+    # the function the release computed, recorded so `xtf verify` can check every later migration
+    metadata[KEY_FINGERPRINT] = canonical_json(compute_fingerprint(build_with_state(spec, migrated, where)))
     write_tensors(Path(out), tensors, metadata)
     return {
         "source": where,
