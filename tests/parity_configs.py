@@ -117,7 +117,7 @@ def max_abs_diff(a: Any, b: Any) -> float:
             return 0.0
         if a.dtype == torch.bool or not a.is_floating_point():
             return float((a != b).any())
-        return float((a.float() - b.float()).abs().max())
+        return float((a.detach().float() - b.detach().float()).abs().max())
     if isinstance(a, (list, tuple)):
         assert isinstance(b, (list, tuple)) and len(a) == len(b), f"structure {len(a)} vs {b!r}"
         return max((max_abs_diff(x, y) for x, y in zip(a, b)), default=0.0)
