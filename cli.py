@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -112,10 +113,24 @@ def inspect(ckpt: Path, as_json: bool) -> None:
 @click.option(
     "--to", "target", help='Target stamp: "0.1.0" (xtf) or "x-transformers==1.26.0"; default: installed.'
 )
+@click.option("--to-lock", is_flag=True, help="Target the lockfile's pinned release (upgrade or downgrade).")
+@click.option(
+    "--lockfile",
+    "lockfile_path",
+    type=click.Path(path_type=Path),
+    help="With --to-lock: the lockfile (default: $XTF_LOCK, else ./xtf.lock).",
+)
 @click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def migrate(
-    ckpt: Path, output: Path | None, in_place: bool, target: str | None, dry_run: bool, as_json: bool
+    ckpt: Path,
+    output: Path | None,
+    in_place: bool,
+    target: str | None,
+    to_lock: bool,
+    lockfile_path: Path | None,
+    dry_run: bool,
+    as_json: bool,
 ) -> None:
     """Rewrite a checkpoint for another xtf release (default: the installed one)."""
     from xtf_core.chain.stream import migrate_file
@@ -123,7 +138,20 @@ def migrate(
 
     if (output is None) == (not in_place):
         raise click.UsageError("give exactly one of -o OUT or --in-place")
-    stamp = Stamp.parse(target) if target else None
+    if to_lock and target:
+        raise click.UsageError("give --to VERSION or --to-lock, not both")
+    if lockfile_path is not None and not to_lock:
+        raise click.UsageError("--lockfile goes with --to-lock")
+    lockfile = None
+    if to_lock:
+        from xtf_core.chain.graph import default_chain
+        from xtf_core.lockfile import Lockfile
+
+        lockfile = Lockfile.read(_lockfile_path(lockfile_path))
+        stamp = lockfile.pin.target(default_chain())
+    else:
+        stamp = Stamp.parse(target) if target else None
+    locked = lockfile.entry_for(ckpt) if lockfile is not None and in_place and not dry_run else None
     if dry_run or not sys.stderr.isatty():
         plan = migrate_file(ckpt, output, in_place=in_place, target=stamp, dry_run=dry_run)
     else:
@@ -132,6 +160,8 @@ def migrate(
         total = plan_file(ckpt, stamp).output_bytes
         with click.progressbar(length=total, label="migrating", file=sys.stderr) as bar:
             plan = migrate_file(ckpt, output, in_place=in_place, target=stamp, progress=bar.update)
+    if locked is not None and as_json:
+        _relock(lockfile.path, [ckpt])
     if as_json:
         _print_json({**plan.to_json(), "written": None if dry_run else str(output or ckpt)})
         return
@@ -141,6 +171,9 @@ def migrate(
     else:
         backup = f" (backup: {ckpt}.bak)" if in_place else ""
         click.echo(f"wrote {output or ckpt}{backup}")
+    if locked is not None:
+        _relock(lockfile.path, [ckpt])
+        click.echo(f"{lockfile.path}: re-locked {locked.path} at {stamp}")
 
 
 @main.command()
@@ -246,6 +279,286 @@ def convert(
         _print_json(report)
     else:
         click.echo(text)
+
+
+# ------------------------------------------------------------------------------------------ lockfile
+
+
+def _lockfile_path(option: Path | None) -> Path:
+    """--lockfile, else $XTF_LOCK, else ./xtf.lock."""
+    from xtf_core.lockfile import LOCK_ENV, LOCK_FILENAME
+
+    return option or Path(os.environ.get(LOCK_ENV) or LOCK_FILENAME)
+
+
+def _lock_option(path: Path) -> str:
+    """` --lockfile PATH` unless PATH is the one xtf finds without it."""
+    return "" if path.resolve() == _lockfile_path(None).resolve() else f" --lockfile {path}"
+
+
+def _check_pin(pin, chain) -> None:
+    """A pin on an x-transformers release must name one the converters know (not a broken one)."""
+    if pin.lineage == "x-transformers":
+        from xtf_converters.xtransformers import check_release
+
+        try:
+            check_release(pin.target(chain).version)
+        except XtfError as exc:
+            raise XtfError(f"pin {pin}: {exc}") from exc
+    pin.stamps(chain)
+
+
+def _fix(ckpt: object, stamp, target, chain, lock_option: str) -> str:
+    """The command that brings a checkpoint to the pinned release, or why none can."""
+    try:
+        chain.route(stamp, target)
+    except XtfError as exc:
+        return "no migration can: " + " ".join(str(exc).split())
+    return f"fix: xtf migrate {ckpt} --to-lock{lock_option} --in-place"
+
+
+def _relock(path: Path, ckpts: list[Path], pin_text: str | None = None):
+    """Add or refresh entries (hashed outside the file lock), re-derive the pin's stamps, write atomically."""
+    from xtf_core.chain.graph import default_chain
+    from xtf_core.checkpoint.stamp import Stamp
+    from xtf_core.errors import LockError
+    from xtf_core.lockfile import Lockfile, Pin, describe_checkpoint, stamp_matches, update_lockfile
+
+    chain = default_chain()
+    root = path.resolve().parent
+    new_pin = Pin.parse(pin_text) if pin_text else None
+    if new_pin is not None:
+        _check_pin(new_pin, chain)
+    described = [(ckpt, describe_checkpoint(ckpt, root)) for ckpt in ckpts]
+    notes: list[str] = []
+
+    def change(current: Lockfile | None) -> Lockfile:
+        pin = new_pin or (current.pin if current else Pin.default())
+        if current is None:
+            updated = Lockfile.new(path, pin, chain)
+        else:
+            updated = current.with_pin(pin, chain)
+        target = Stamp.parse(updated.target)
+        refused = []
+        for ckpt, entry in described:
+            stamp = Stamp.parse(entry.stamp)
+            if not stamp_matches(stamp, updated.stamps):
+                refused.append(
+                    f"{ckpt} is stamped {stamp}, which {pin} cannot load; "
+                    + _fix(ckpt, stamp, target, chain, _lock_option(path)).replace(
+                        "--to-lock", f"--to {target}"
+                    )
+                    + f", then xtf lock {ckpt}"
+                )
+        if refused:
+            raise LockError("; ".join(refused) + " (nothing written)")
+        for _, entry in described:
+            updated.entries[entry.path] = entry
+        if new_pin is not None:
+            for entry in updated.entries.values():
+                stamp = Stamp.parse(entry.stamp)
+                if not stamp_matches(stamp, updated.stamps):
+                    where = Path(os.path.relpath(updated.location(entry)))
+                    notes.append(
+                        f"{entry.path}: stamped {stamp}, which {pin} cannot load; "
+                        + _fix(where, stamp, target, chain, _lock_option(path))
+                    )
+        return updated
+
+    updated = update_lockfile(path, change)
+    for note in notes:
+        click.echo(f"warning: {note}", err=True)
+    return updated, [entry for _, entry in described]
+
+
+def _lock_problems(lockfile) -> list[str]:
+    """Everything `xtf lock --check` refuses, one line each."""
+    from xtf_core.chain.graph import default_chain
+    from xtf_core.checkpoint.stamp import Stamp
+    from xtf_core.lock import pin_problem
+    from xtf_core.lockfile import FileDigest, combined_digest, hash_file, stamp_matches
+
+    chain = default_chain()
+    name = lockfile.path
+    problems = []
+    try:
+        _check_pin(lockfile.pin, chain)
+        stamps, target = lockfile.pin.stamps(chain), lockfile.pin.target(chain)
+    except XtfError as exc:
+        return [f"{name}: {' '.join(str(exc).split())}"]
+    problem = pin_problem(lockfile)
+    if problem:
+        problems.append(f"{name}: {problem}")
+    if stamps != lockfile.stamps or str(target) != lockfile.target:
+        problems.append(
+            f"{name}: the pin's recorded target/stamps ({lockfile.target}; {', '.join(lockfile.stamps)}) differ "
+            f"from what the installed chain derives ({target}; {', '.join(stamps)}); refresh them with xtf lock"
+            + _lock_option(name)
+        )
+    for key in sorted(lockfile.entries):
+        entry = lockfile.entries[key]
+        location = lockfile.location(entry)
+        shown = entry.path
+        if not location.exists():
+            problems.append(f"{shown}: locked in {name} but missing")
+        else:
+            expected = {f.name: f for f in entry.files} if entry.files else None
+            if expected is None:
+                sha, size = hash_file(location) if location.is_file() else ("", -1)
+                if (sha, size) != (entry.sha256, entry.size):
+                    problems.append(
+                        f"{shown}: sha256 {sha[:12]}… ({size} bytes) differs from the locked {entry.sha256[:12]}… "
+                        f"({entry.size} bytes); restore the locked file, or re-lock it with xtf lock {shown}"
+                    )
+            else:
+                found = []
+                for file in sorted(expected):
+                    path = location / file
+                    if not path.is_file():
+                        problems.append(f"{shown}/{file}: locked in {name} but missing")
+                        continue
+                    sha, size = hash_file(path)
+                    found.append(FileDigest(file, sha, size))
+                    if sha != expected[file].sha256:
+                        problems.append(
+                            f"{shown}/{file}: sha256 {sha[:12]}… differs from the locked {expected[file].sha256[:12]}…; "
+                            f"restore the locked file, or re-lock it with xtf lock {shown}"
+                        )
+                if combined_digest(list(expected.values())) != entry.sha256:
+                    problems.append(
+                        f"{shown}: the folder digest does not match its file digests (edited lockfile?)"
+                    )
+        stamp = Stamp.parse(entry.stamp)
+        if not stamp_matches(stamp, stamps):
+            problems.append(
+                f"{shown}: stamped {stamp}, which {lockfile.pin} cannot load; "
+                + _fix(shown, stamp, target, chain, _lock_option(name))
+            )
+    return problems
+
+
+@main.command()
+@click.argument("ckpts", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--pin",
+    "pin_text",
+    metavar="SPEC",
+    help='Pin: "xtf==0.1.0" (default: installed) or "x-transformers==1.26.0".',
+)
+@click.option(
+    "--lockfile",
+    "lockfile_path",
+    type=click.Path(path_type=Path),
+    help="The lockfile (default: $XTF_LOCK, else ./xtf.lock).",
+)
+@click.option("--check", is_flag=True, help="Verify the pin and every locked file; exit 1 on any problem.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def lock(
+    ckpts: tuple[Path, ...], pin_text: str | None, lockfile_path: Path | None, check: bool, as_json: bool
+) -> None:
+    """Create or update the lockfile (pin a release, lock checkpoints by sha256), or --check it."""
+    from xtf_core.lockfile import Lockfile
+
+    path = _lockfile_path(lockfile_path)
+    if check:
+        if ckpts or pin_text:
+            raise click.UsageError("--check takes no checkpoints and no --pin")
+        lockfile = Lockfile.read(path)
+        problems = _lock_problems(lockfile)
+        if as_json:
+            _print_json(
+                {"lockfile": str(path), "pin": str(lockfile.pin), "ok": not problems, "problems": problems}
+            )
+        else:
+            for problem in problems:
+                click.echo(problem)
+            if not problems:
+                click.echo(
+                    f"ok: {len(lockfile.entries)} locked checkpoint(s) match {path}, and all load in {lockfile.pin}"
+                )
+        if problems:
+            if not as_json:
+                click.echo(f"{path}: {len(problems)} problem(s)", err=True)
+            sys.exit(1)
+        return
+    updated, added = _relock(path, list(ckpts), pin_text)
+    if as_json:
+        _print_json(
+            {
+                "lockfile": str(path),
+                "pin": str(updated.pin),
+                "target": updated.target,
+                "stamps": updated.stamps,
+                "locked": [entry.path for entry in added],
+                "checkpoints": len(updated.entries),
+            }
+        )
+        return
+    click.echo(
+        f"{path}: pin {updated.pin} (migrate target {updated.target}; loads {', '.join(updated.stamps)}); "
+        f"{len(updated.entries)} checkpoint(s)"
+    )
+    for entry in added:
+        click.echo(f"  locked {entry.path}  {entry.stamp}  sha256 {entry.sha256[:12]}…  {entry.size} bytes")
+
+
+@main.command()
+@click.argument("ckpt", required=False, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the matrix as JSON.")
+def compat(ckpt: Path | None, as_json: bool) -> None:
+    """Which stamps each release reads directly, by migration, or not at all; for CKPT, where it can go."""
+    from xtf_core.chain.graph import default_chain
+    from xtf_core.chain.plan import checkpoint_stamp
+    from xtf_core.checkpoint.header import read_checkpoint_headers
+    from xtf_core.lockfile import layout_ranges, reading
+
+    chain = default_chain()
+    ranges = layout_ranges(chain)
+    nodes = list(chain.nodes)
+    symbols = {"direct": "=", "at load": "L", "migrate": "M", "no": "-"}
+    matrix = {
+        str(library): {str(stamp): reading(library, stamp, chain) for stamp in nodes} for library in nodes
+    }
+    report: dict = {
+        "installed": str(chain.installed),
+        "layouts": [{"node": str(node), "stamps": ranges[node]} for node in nodes],
+        "matrix": {lib: {s: kind for s, (kind, _) in row.items()} for lib, row in matrix.items()},
+        "outside": {
+            "older": f"stamps older than {nodes[0]}: no release reads them (xtf convert refuses them)",
+            "newer": f"stamps newer than {chain.installed}: need a newer xtf to migrate them down",
+        },
+    }
+    if ckpt is not None:
+        headers = read_checkpoint_headers(ckpt)
+        stamp, _ = checkpoint_stamp(headers)
+        targets = []
+        for node in nodes:
+            kind, detail = reading(node, stamp, chain)
+            if kind == "migrate":
+                detail = detail.replace("CKPT", str(ckpt)) + " -o OUT"
+            targets.append({"release": ranges[node], "node": str(node), "kind": kind, "detail": detail})
+        report["file"] = {"path": str(headers.path), "stamp": str(stamp), "targets": targets}
+    if as_json:
+        _print_json(report)
+        return
+    width = max(len(r) for r in ranges.values())
+    click.echo(f"installed: {chain.installed}; {len(nodes)} layouts, oldest first")
+    click.echo("rows: the release reading; columns: the layout a file is stamped in (numbered as the rows)")
+    click.echo(
+        "  = direct (same layout)   L migrated in memory at load   M xtf migrate --to first   - not at all"
+    )
+    header = " " * (width + 5) + " ".join(f"{i + 1:>2}" for i in range(len(nodes)))
+    click.echo(header)
+    for i, library in enumerate(nodes):
+        cells = " ".join(f"{symbols[matrix[str(library)][str(s)][0]]:>2}" for s in nodes)
+        click.echo(f"{i + 1:>2}  {ranges[library]:<{width}}  {cells}")
+    click.echo(report["outside"]["older"])
+    click.echo(report["outside"]["newer"])
+    if ckpt is not None:
+        file = report["file"]
+        click.echo(f"\n{file['path']}: stamped {file['stamp']}; can be brought to:")
+        for target in file["targets"]:
+            click.echo(f"  {target['release']:<{width}}  {target['kind']}: {target['detail']}")
 
 
 if __name__ == "__main__":
