@@ -253,9 +253,32 @@ def convert(
     output: Path,
     as_json: bool,
 ) -> None:
-    """Stamp a legacy checkpoint (--from), or export a stamped one to an x-transformers release (--to)."""
-    from xtf_converters import xtransformers
+    """Stamp a legacy checkpoint (--from), or export a stamped one to an x-transformers release (--to).
 
+    SRC may also be a torch.distributed.checkpoint folder (.metadata + *.distcp): its model tensors are
+    stamped as the installed xtf (or, with --from x-transformers==RELEASE, as that release)."""
+    from xtf_converters import dcp, xtransformers
+
+    if dcp.is_dcp_checkpoint(src):
+        if target is not None or config_path is None:
+            raise click.UsageError("a DCP checkpoint is imported: give --config CONFIG.json (and no --to)")
+        release = xtransformers.parse_source(source) if source is not None else None
+        if source is not None and release is None:
+            raise click.UsageError(
+                "--from on a DCP checkpoint needs a release: --from x-transformers==RELEASE"
+            )
+        report = dcp.convert(
+            src, output, config=xtransformers.read_config(config_path), key=key, release=release
+        )
+        text = (
+            f"{report['source']} (DCP, model state at {report['state_dict_at']!r}) -> {report['output']}: "
+            f"stamped {report['stamp']}, {report['tensors']} tensors ({report['skipped']} other tensors not read)"
+        )
+        if as_json:
+            _print_json(report)
+        else:
+            click.echo(text)
+        return
     if (source is None) == (target is None):
         raise click.UsageError("give exactly one of --from (import) or --to (export)")
     if source is not None:
@@ -559,6 +582,26 @@ def compat(ckpt: Path | None, as_json: bool) -> None:
         click.echo(f"\n{file['path']}: stamped {file['stamp']}; can be brought to:")
         for target in file["targets"]:
             click.echo(f"  {target['release']:<{width}}  {target['kind']}: {target['detail']}")
+
+
+@main.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), required=True, help="The single file to write."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def consolidate(folder: Path, output: Path, as_json: bool) -> None:
+    """Join a sharded checkpoint folder (e.g. from xtf_core.distributed.save) into one stamped file."""
+    from xtf_core.distributed.consolidate import consolidate as join
+
+    report = join(folder, output)
+    if as_json:
+        _print_json(report)
+    else:
+        click.echo(
+            f"{report['source']} ({report['shards']} shards, {report['tensors']} tensors, {_mib(report['bytes'])}) "
+            f"-> {report['output']}: stamped {report['stamp']}"
+        )
 
 
 if __name__ == "__main__":
