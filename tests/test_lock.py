@@ -419,3 +419,15 @@ def test_concurrent_lock_runs_adding_different_files_both_land(workdir):
         assert sorted(lock.entries) == names
         (workdir / "xtf.lock").write_text(lock.__class__.new(lock.path, lock.pin, default_chain()).render())
     assert not [p for p in workdir.iterdir() if ".xtf-tmp-" in p.name]
+
+
+@pytest.mark.parametrize("verb", ["lock", "compat"])
+def test_lock_verbs_have_help(verb):
+    result = invoke(verb, "--help")
+    assert result.exit_code == 0 and "Usage:" in result.output
+
+
+def test_check_without_a_lockfile_is_one_line(workdir):
+    result = invoke("lock", "--check")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "error: xtf.lock: no such lockfile; create it with xtf lock"
