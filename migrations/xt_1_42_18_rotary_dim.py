@@ -30,5 +30,8 @@ def downgrade_spec(spec: dict) -> dict:
             raise MigrationError(
                 f"x-transformers before 1.42.18 uses at least 32 rotary dimensions; this model uses {dim}"
             )
-        stack.set("rotary_emb_dim", dim)
+        if dim == max(stack.dim_head // 2, 32):
+            stack.pop("rotary_emb_dim")  # the old default gives it; keep the spec as the release would
+        else:
+            stack.set("rotary_emb_dim", dim)
     return spec
