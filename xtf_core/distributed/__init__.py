@@ -11,8 +11,10 @@ Errors are agreed between ranks: whatever fails on one rank is raised on every r
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,6 +35,15 @@ T = TypeVar("T")
 
 def _distributed(group: Any) -> bool:
     return dist.is_available() and dist.is_initialized()
+
+
+@contextlib.contextmanager
+def _quiet_single_process(group: Any) -> Iterator[None]:
+    """Without a process group DCP works in one process; its warning says so on every call."""
+    with warnings.catch_warnings():
+        if not _distributed(group):
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
 
 
 def _rebuild(rank: int, kind: str, message: str) -> XtfError:
@@ -164,12 +175,13 @@ def load(path: str | os.PathLike[str], model: nn.Module, *, process_group: Any =
     plan, state = agree(prepare, process_group)
     rank = dist.get_rank(process_group) if _distributed(process_group) else 0
     try:
-        dcp.load(
-            state,
-            storage_reader=StampedReader(plan),
-            planner=DefaultLoadPlanner(),
-            process_group=process_group,
-        )
+        with _quiet_single_process(process_group):
+            dcp.load(
+                state,
+                storage_reader=StampedReader(plan),
+                planner=DefaultLoadPlanner(),
+                process_group=process_group,
+            )
     except BaseException as exc:
         if type(exc).__name__ != "CheckpointException":
             raise
@@ -238,7 +250,8 @@ def save(
     writer = StampedWriter(folder, metadata, max_shard_bytes or DEFAULT_MAX_SHARD_BYTES)
     rank = dist.get_rank(process_group) if _distributed(process_group) else 0
     try:
-        dcp.save(state, storage_writer=writer, planner=DefaultSavePlanner(), process_group=process_group)
+        with _quiet_single_process(process_group):
+            dcp.save(state, storage_writer=writer, planner=DefaultSavePlanner(), process_group=process_group)
     except BaseException as exc:
         writer.discard()
         if type(exc).__name__ != "CheckpointException":
