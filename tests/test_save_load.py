@@ -241,3 +241,19 @@ def test_verify_without_fingerprint_checks_finite_tensors(tmp_path: Path) -> Non
     save_file(tensors, str(tmp_path / "nan.safetensors"), metadata=meta)
     with pytest.raises(VerificationError, match="NaN"):
         verify_checkpoint(tmp_path / "nan.safetensors")
+
+
+def test_loading_an_older_stamp_migrates_in_memory_and_logs_one_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from xtf_converters import xtransformers
+
+    legacy = Path(__file__).parent / "fixtures" / "legacy" / "1.26.0"
+    config = json.loads((legacy / "dec_plain.json").read_text())["config"]
+    stamped = tmp_path / "old.safetensors"
+    xtransformers.convert(legacy / "dec_plain.pt", stamped, release="1.26.0", config=config)
+    with caplog.at_level("INFO", logger="xtf"):
+        model = xtf_core.load(stamped)
+    lines = [r.getMessage() for r in caplog.records if r.name == "xtf"]
+    assert len(lines) == 1 and "x-transformers==1.26.0" in lines[0] and "xtf==0.1.0" in lines[0]
+    assert xtf_core.spec_of(model)["attn_layers"]["norm_add_unit_offset"] is False
