@@ -340,27 +340,14 @@ XTRANSFORMER_WRAPPER_KEYS = (
 class XTransformer(SpecRecorder, nn.Module):
     """Encoder-decoder: `encoder` (a TransformerWrapper returning embeddings) and `decoder` (autoregressive)."""
 
-    def __init__(
-        self,
-        *,
-        dim: int,
-        tie_token_emb: bool = False,
-        ignore_index: int = -100,
-        pad_value: int = 0,
-        cross_attn_tokens_dropout: float = 0.0,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, *, dim: int, **kwargs: Any) -> None:
         super().__init__()
-        self._record_spec(
-            {
-                "dim": dim,
-                "tie_token_emb": tie_token_emb,
-                "ignore_index": ignore_index,
-                "pad_value": pad_value,
-                "cross_attn_tokens_dropout": cross_attn_tokens_dropout,
-                **kwargs,
-            }
-        )
+        # record the call as given (like the other classes), so spec_of(build(spec)) == spec
+        self._record_spec({"dim": dim, **kwargs})
+        tie_token_emb: bool = kwargs.pop("tie_token_emb", False)
+        ignore_index: int = kwargs.pop("ignore_index", -100)
+        pad_value: int = kwargs.pop("pad_value", 0)
+        cross_attn_tokens_dropout: float = kwargs.pop("cross_attn_tokens_dropout", 0.0)
         enc_kwargs = {k[4:]: v for k, v in kwargs.items() if k.startswith("enc_")}
         dec_kwargs = {k[4:]: v for k, v in kwargs.items() if k.startswith("dec_")}
         other = [k for k in kwargs if not k.startswith(("enc_", "dec_"))]
