@@ -308,11 +308,21 @@ def _spawn(world: int, root: Path) -> list[dict]:
         _worker, args=(world, _free_port(), str(root)), nprocs=world, join=False, start_method="spawn"
     )
     deadline = time.monotonic() + DEADLINE_S
-    while not context.join(timeout=1):
+    failure = None
+    while True:
+        try:
+            if context.join(timeout=1):
+                break
+        except Exception as exc:  # a rank exited badly; its results file says whether the checks ran
+            failure = exc
+            break
         if time.monotonic() > deadline:
             for process in context.processes:
                 process.kill()
             pytest.fail(f"world size {world}: ranks still running after {DEADLINE_S}s (a hang)")
+    missing = [rank for rank in range(world) if not (root / f"result-{rank}.pt").exists()]
+    if missing:
+        pytest.fail(f"world size {world}: ranks {missing} wrote no results ({failure!r})")
     return [torch.load(root / f"result-{rank}.pt") for rank in range(world)]
 
 

@@ -14,6 +14,7 @@ of a node back to slices of its inputs, so a rank reads only the rows it owns:
 
 from __future__ import annotations
 
+import errno
 import functools
 import math
 import os
@@ -153,6 +154,42 @@ class SliceReader:
             raise CheckpointFormatError(
                 f"{path}: cannot read tensor {node.origin!r} ({exc.strerror or exc})"
             ) from exc
+
+    def read_into(self, node: TensorNode, offsets, lengths, target) -> bool:
+        """Read a stored slice straight into `target`'s memory when it is one contiguous byte range
+        (a dim-0 shard of stored bytes into a contiguous tensor); False when it is not."""
+        from xtf_core.checkpoint.io import dtype_code
+
+        lengths = tuple(int(v) for v in lengths)
+        if (
+            not isinstance(node, StoredBytes)
+            or not node.shape
+            or tuple(lengths[1:]) != tuple(node.shape[1:])
+            or not target.is_contiguous()
+            or target.device.type != "cpu"
+            or dtype_code(target.dtype) != node.dtype
+            or tuple(target.shape) != lengths
+            or target.numel() == 0
+        ):
+            return False
+        import torch
+
+        row_bytes = math.prod(node.shape[1:]) * DTYPE_SIZES[node.dtype]
+        view = memoryview(target.view(-1).view(torch.uint8).numpy()).cast("B")
+        start, done = node.offset + int(offsets[0]) * row_bytes, 0
+        fd = self._fd(node.source)
+        try:
+            while done < len(view):
+                got = os.preadv(fd, [view[done:]], start + done)
+                if got == 0:
+                    raise OSError(errno.EIO, f"unexpected end of file at offset {start + done}")
+                done += got
+        except OSError as exc:
+            path = self.headers.shards[node.source].path
+            raise CheckpointFormatError(
+                f"{path}: cannot read tensor {node.origin!r} ({exc.strerror or exc})"
+            ) from exc
+        return True
 
     def check_drops(self, drops: list[DroppedTensor]) -> None:
         realise = Realiser(lambda node: self.read_slice(node, (0,) * len(node.shape), node.shape))

@@ -86,8 +86,11 @@ class StampedReader(StorageReader):
         try:
             for item in plan.items:
                 node = self.plan.nodes[item.storage_index.fqn]
-                value = self._slices.read_slice(node, item.storage_offsets, item.lengths)
                 target = planner.resolve_tensor(item).detach()
+                if self._slices.read_into(node, item.storage_offsets, item.lengths, target):
+                    planner.commit_tensor(item, target)
+                    continue
+                value = self._slices.read_slice(node, item.storage_offsets, item.lengths)
                 if tuple(target.shape) != tuple(value.shape):
                     raise MigrationError(
                         f"{self.plan.where}: tensor {item.storage_index.fqn!r}: read {list(value.shape)}, "
