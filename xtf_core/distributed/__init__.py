@@ -28,7 +28,7 @@ from xtf_core.errors import StateDictMismatchError, XtfError
 from .consolidate import consolidate
 from .slices import LoadPlan, plan_load
 
-__all__ = ["consolidate", "load", "save"]
+__all__ = ["consolidate", "load", "plan_load", "save"]
 
 T = TypeVar("T")
 
