@@ -154,6 +154,26 @@ def test_single_process_load_save_consolidate_and_cli(tmp_path):
     for verb in (["inspect", str(folder)], ["verify", str(folder)], ["verify", str(single)]):
         done = subprocess.run([sys.executable, "-m", "xtf_cli.cli", *verb], capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
+    lockfile = tmp_path / "xtf.lock"
+    for verb in (
+        ["lock", str(folder), "--lockfile", str(lockfile)],
+        ["lock", "--check", "--lockfile", str(lockfile)],
+    ):
+        done = subprocess.run([sys.executable, "-m", "xtf_cli.cli", *verb], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    xtf_core.load(folder, lock=lockfile)
+    shard = sorted(folder.glob("model-*-of-*.safetensors"))[0]
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    done = subprocess.run(
+        [sys.executable, "-m", "xtf_cli.cli", "lock", "--check", "--lockfile", str(lockfile)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1 and shard.name in done.stdout + done.stderr
+    data[-1] ^= 0xFF
+    shard.write_bytes(bytes(data))
     assert (
         "sharded"
         in subprocess.run(
