@@ -43,7 +43,7 @@ REFERENCE_CLASSES: dict[str, type[nn.Module]] = {
 
 # Deterministic for CI: same examples every run, no deadline (first calls pay for lazy imports).
 PARITY_SETTINGS = settings(
-    max_examples=60,
+    max_examples=100,
     deadline=None,
     derandomize=True,
     database=None,
@@ -124,9 +124,21 @@ def max_abs_diff(a: Any, b: Any) -> float:
     raise TypeError(f"cannot compare {type(a).__name__}")
 
 
+def max_abs(a: Any) -> float:
+    if isinstance(a, Tensor):
+        return float(a.detach().abs().max()) if a.numel() and a.is_floating_point() else 0.0
+    return max((max_abs(x) for x in a), default=0.0)
+
+
 def assert_close(a: Any, b: Any, what: str = "output", atol: float = ATOL) -> None:
+    """Equal within `atol`, scaled by the reference's magnitude where that exceeds 1.
+
+    float32 keeps about 7 significant digits; deep stacks with sandwich norms (which rescale small branch
+    outputs) reach ~1.5e-5 relative differences from mere operation order, exact again in float64.
+    """
     diff = max_abs_diff(a, b)
-    assert diff <= atol, f"{what}: max abs diff {diff:.3e} > {atol:.0e}"
+    tol = atol * max(1.0, max_abs(a))
+    assert diff <= tol, f"{what}: max abs diff {diff:.3e} > {tol:.1e}"
 
 
 def seeded_randn(*shape: int, seed: int) -> Tensor:
