@@ -32,6 +32,19 @@ def _take_mems(
     return [t.detach() for t in new] if detach else new
 
 
+def _prepend(
+    x: Tensor, mask: Tensor | None, embeds: Tensor, embeds_mask: Tensor | None, seq: int
+) -> tuple[Tensor, Tensor | None]:
+    """Put `embeds` before the sequence; extend the mask (all True where a side has none) if either has one."""
+    if embeds_mask is not None or mask is not None:
+        ones = torch.ones
+        mask = mask if mask is not None else ones((x.shape[0], seq), device=x.device, dtype=torch.bool)
+        if embeds_mask is None:
+            embeds_mask = ones(embeds.shape[:2], device=x.device, dtype=torch.bool)
+        mask = torch.cat((embeds_mask, mask), dim=-1)
+    return torch.cat((embeds, x), dim=-2), mask
+
+
 def _positions(
     use_abs: bool, scaled_sinu: bool, dim: int, max_seq_len: int | None, layers: AttentionLayers
 ) -> nn.Module:
@@ -131,7 +144,7 @@ class TransformerWrapper(SpecRecorder, nn.Module):
         input_not_include_cache: bool = False,
         **kwargs: Any,
     ) -> Any:
-        b, n, device = x.shape[0], x.shape[1], x.device
+        b, n = x.shape[0], x.shape[1]
         has_logits_head = self.tie_embedding or self.to_logits is not None
         return_embeddings = return_embeddings or not has_logits_head
         seq_pos_offset = cache.cache_length if cache is not None and input_not_include_cache else 0
@@ -146,14 +159,7 @@ class TransformerWrapper(SpecRecorder, nn.Module):
             x = x + sum_embeds
         x = self.post_emb_norm(x)
         if prepend_embeds is not None:
-            prepend_len = prepend_embeds.shape[1]
-            x = torch.cat((prepend_embeds, x), dim=-2)
-            if prepend_mask is not None or mask is not None:
-                if mask is None:
-                    mask = torch.ones((b, n), device=device, dtype=torch.bool)
-                if prepend_mask is None:
-                    prepend_mask = torch.ones((b, prepend_len), device=device, dtype=torch.bool)
-                mask = torch.cat((prepend_mask, mask), dim=-1)
+            x, mask = _prepend(x, mask, prepend_embeds, prepend_mask, n)
         x = self.emb_dropout(x)
         x = self.project_emb(x)
 
@@ -285,14 +291,7 @@ class ContinuousTransformerWrapper(SpecRecorder, nn.Module):
             if mask is not None:
                 mask = F.pad(mask, (self.num_memory_tokens, 0), value=True)
         if prepend_embeds is not None:
-            prepend_len = prepend_embeds.shape[1]
-            x = torch.cat((prepend_embeds, x), dim=-2)
-            if prepend_mask is not None or mask is not None:
-                if mask is None:
-                    mask = torch.ones((batch, seq), device=device, dtype=torch.bool)
-                if prepend_mask is None:
-                    prepend_mask = torch.ones((batch, prepend_len), device=device, dtype=torch.bool)
-                mask = torch.cat((prepend_mask, mask), dim=-1)
+            x, mask = _prepend(x, mask, prepend_embeds, prepend_mask, seq)
         x = self.emb_dropout(x)
         x, intermediates = self.attn_layers(
             x,
