@@ -209,7 +209,7 @@ def convert(
 ) -> dict[str, Any]:
     """Write `src` (a torch pickle of an x-transformers state dict) as a stamped safetensors file."""
     from xtf_core.fingerprint import compute_fingerprint
-    from xtf_core.loading import _dedupe_shared, build_with_state, write_tensors
+    from xtf_core.loading import dedupe_shared, build_with_state, write_tensors
 
     state, found_at = read_state_dict(src, key)
     where = str(src)
@@ -224,7 +224,7 @@ def convert(
         migrated, spec = _fit(state, config, stamp, where)
     except XtfError as exc:
         raise ConversionError(f"{exc} (as x-transformers {stamp.version} with the given config)") from exc
-    tensors, tied = _dedupe_shared({k: v.contiguous() for k, v in state.items()})
+    tensors, tied = dedupe_shared({k: v.contiguous() for k, v in state.items()})
     metadata = stamped_metadata({}, stamp, config, tied=tied)
     # the function the release computed, recorded so `xtf verify` can check every later migration
     metadata[KEY_FINGERPRINT] = canonical_json(compute_fingerprint(build_with_state(spec, migrated, where)))

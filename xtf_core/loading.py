@@ -36,7 +36,7 @@ from .spec import build, spec_of
 log = logging.getLogger("xtf")
 
 
-def _dedupe_shared(state: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, str]]:
+def dedupe_shared(state: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, str]]:
     """Keep one name per shared storage (the first in sorted order); map every other name to it."""
     kept: dict[str, Tensor] = {}
     tied: dict[str, str] = {}
@@ -65,7 +65,7 @@ def save(model: nn.Module, path: str | os.PathLike[str], *, fingerprint: bool = 
     """
     path = Path(path)
     spec = spec_of(model)
-    tensors, tied = _dedupe_shared(model.state_dict())
+    tensors, tied = dedupe_shared(model.state_dict())
     metadata = stamped_metadata({}, current_stamp(), spec, tied=tied)
     if fingerprint:
         metadata[KEY_FINGERPRINT] = canonical_json(compute_fingerprint(model))

@@ -48,6 +48,8 @@ class Attention(nn.Module):
         self.heads, self.kv_heads, self.dim_head, self.causal = heads, kv_heads, dim_head, causal
         self.qk_norm, self.qk_norm_groups = qk_norm, qk_norm_groups
         self.dropout = dropout
+        # attention always runs on scaled_dot_product_attention where the options allow (x-transformers'
+        # `attn_flash` chose that path); the flag is kept so specs round-trip and incompatible options are refused
         self.flash = flash
 
         self.to_q = nn.Linear(dim, dim_head * heads, bias=False)
