@@ -209,7 +209,7 @@ def convert(
 ) -> dict[str, Any]:
     """Write `src` (a torch pickle of an x-transformers state dict) as a stamped safetensors file."""
     from xtf_core.fingerprint import compute_fingerprint
-    from xtf_core.loading import dedupe_shared, build_with_state, write_tensors
+    from xtf_core.loading import build_with_state, dedupe_shared, write_tensors
 
     state, found_at = read_state_dict(src, key)
     where = str(src)
