@@ -201,7 +201,15 @@ class Split(Op):
                     outputs[target] = StoredBytes(node.dtype, shape, node.source, offset, node.origin)
                 else:
                     fn = functools.partial(_narrow, dim, start, length)
-                    outputs[target] = Computed(node.dtype, shape, (node,), fn, f"split {name}")
+                    outputs[target] = Computed(
+                        node.dtype,
+                        shape,
+                        (node,),
+                        fn,
+                        f"split {name}",
+                        kind="narrow",
+                        args=(dim, start, length),
+                    )
                 start += length
             ws.replace(name, [name], outputs)
 
@@ -252,7 +260,9 @@ class Merge(Op):
             _refuse_existing(ws, [target], self, replacing=names)
             shape = nodes[0].shape[:dim] + (sum(lengths),) + nodes[0].shape[dim + 1 :]
             fn = functools.partial(_cat, dim)
-            merged = Computed(nodes[0].dtype, shape, tuple(nodes), fn, f"merge {names}")
+            merged = Computed(
+                nodes[0].dtype, shape, tuple(nodes), fn, f"merge {names}", kind="cat", args=(dim,)
+            )
             ws.replace(first, names, {target: merged})
 
     def reverse(self) -> Split:
@@ -294,7 +304,15 @@ class Reshape(Op):
                 )
             else:
                 fn = functools.partial(_reshape, self.to_shape)
-                reshaped = Computed(node.dtype, self.to_shape, (node,), fn, f"reshape {name}")
+                reshaped = Computed(
+                    node.dtype,
+                    self.to_shape,
+                    (node,),
+                    fn,
+                    f"reshape {name}",
+                    kind="reshape",
+                    args=(self.to_shape,),
+                )
             ws.tensors[name] = reshaped
 
     def reverse(self) -> Reshape:
@@ -324,7 +342,15 @@ class Transpose(Op):
             shape = list(node.shape)
             shape[dim0], shape[dim1] = shape[dim1], shape[dim0]
             fn = functools.partial(_transpose, dim0, dim1)
-            ws.tensors[name] = Computed(node.dtype, tuple(shape), (node,), fn, f"transpose {name}")
+            ws.tensors[name] = Computed(
+                node.dtype,
+                tuple(shape),
+                (node,),
+                fn,
+                f"transpose {name}",
+                kind="transpose",
+                args=(dim0, dim1),
+            )
 
     def reverse(self) -> Transpose:
         return self
@@ -454,11 +480,12 @@ class ValueTransform(Op):
     def apply(self, ws: Workspace) -> None:
         for name, _ in _matches(ws, self.pattern, self):
             node = ws.tensors[name]
-            fn = functools.partial(
-                _checked_transform, self.forward, f"step {ws.step}: {self.describe()} on {name!r}"
-            )
+            what = f"step {ws.step}: {self.describe()} on {name!r}"
+            fn = functools.partial(_checked_transform, self.forward, what)
             label = f"transform {name}"
-            ws.tensors[name] = Computed(node.dtype, node.shape, (node,), fn, label, self.elementwise)
+            ws.tensors[name] = Computed(
+                node.dtype, node.shape, (node,), fn, label, self.elementwise, kind="transform", args=(what,)
+            )
 
     def reverse(self) -> ValueTransform:
         if self.backward is None:

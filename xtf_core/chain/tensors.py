@@ -53,10 +53,16 @@ class Filled(TensorNode):
 
 @dataclass(frozen=True, eq=False)
 class Computed(TensorNode):
+    """A tensor computed from `inputs` by `fn`. `kind` and `args` say what `fn` does, for readers that must
+    compute slices instead of whole tensors (a sharded load): "narrow" (dim, start, length), "cat" (dim,),
+    "transpose" (dim0, dim1), "reshape" (shape,), "transform" (description,), or "code" (opaque)."""
+
     inputs: tuple[TensorNode, ...]
     fn: Callable[..., Any]
     label: str
     elementwise: bool = False  # fn maps each element independently, so it may run chunk by chunk
+    kind: str = "code"
+    args: tuple[Any, ...] = ()
 
 
 @dataclass(frozen=True)

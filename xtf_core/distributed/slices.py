@@ -15,13 +15,11 @@ of a node back to slices of its inputs, so a rank reads only the rows it owns:
 from __future__ import annotations
 
 import errno
-import functools
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from xtf_core.chain import ops
 from xtf_core.chain.graph import Route, default_chain
 from xtf_core.chain.plan import checkpoint_stamp, plan_steps, run_steps
 from xtf_core.chain.tensors import (
@@ -96,25 +94,17 @@ def plan_load(path: str | os.PathLike) -> LoadPlan:
     return LoadPlan(headers, stamp, route, new_spec, dict(ws.tensors), ws.drops)
 
 
-def _partial_of(node: Computed) -> tuple[object, tuple]:
-    fn = node.fn
-    if isinstance(fn, functools.partial):
-        return fn.func, fn.args
-    return fn, ()
-
-
 def _check_sliceable(node: TensorNode, name: str, where: str) -> None:
     """Refuse, before anything is read, a node whose slices cannot be computed from slices of its inputs."""
     if not isinstance(node, Computed):
         return
-    func, args = _partial_of(node)
-    if func is ops._checked_transform and not node.elementwise:
-        what = args[1] if len(args) > 1 else f"a value transform of {name!r}"
+    if node.kind == "transform" and not node.elementwise:
+        what = node.args[0] if node.args else f"a value transform of {name!r}"
         raise MigrationError(
             f"{where}: {what} is not elementwise, so it cannot be applied to the slice each rank reads; "
             f"run xtf migrate {where} -o MIGRATED first and load that file"
         )
-    if func not in (ops._checked_transform, ops._narrow, ops._cat, ops._transpose, ops._reshape):
+    if node.kind not in ("transform", "narrow", "cat", "transpose", "reshape"):
         raise MigrationError(
             f"{where}: tensor {name!r} is produced by {node.label!r}, which a sharded load cannot slice; "
             f"run xtf migrate {where} -o MIGRATED first and load that file"
@@ -222,21 +212,21 @@ class SliceReader:
     def _read_computed(self, node: Computed, offsets: tuple[int, ...], lengths: tuple[int, ...]):
         import torch
 
-        func, args = _partial_of(node)
-        if func is ops._checked_transform:  # elementwise (checked when the plan was made)
+        kind, args = node.kind, node.args
+        if kind == "transform":  # elementwise (checked when the plan was made)
             return node.fn(self.read_slice(node.inputs[0], offsets, lengths))
-        if func is ops._narrow:
+        if kind == "narrow":
             dim, start, _ = args
             shifted = list(offsets)
             shifted[dim] += start
             return self.read_slice(node.inputs[0], shifted, lengths)
-        if func is ops._transpose:
+        if kind == "transpose":
             dim0, dim1 = args
             offs, lens = list(offsets), list(lengths)
             offs[dim0], offs[dim1] = offs[dim1], offs[dim0]
             lens[dim0], lens[dim1] = lens[dim1], lens[dim0]
             return self.read_slice(node.inputs[0], offs, lens).transpose(dim0, dim1).contiguous()
-        if func is ops._cat:
+        if kind == "cat":
             (dim,) = args
             pieces, begin = [], 0
             lo, hi = offsets[dim], offsets[dim] + lengths[dim]
@@ -249,7 +239,7 @@ class SliceReader:
                     pieces.append(self.read_slice(item, offs, lens))
                 begin = end
             return torch.cat(pieces, dim=dim)
-        if func is ops._reshape:
+        if kind == "reshape":
             return self._read_reshaped(node, offsets, lengths)
         raise MigrationError(f"{node.label!r} cannot be sliced")  # unreachable: refused by plan_load
 
