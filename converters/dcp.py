@@ -14,8 +14,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from xtf_core.checkpoint.stamp import Stamp, current_stamp, stamped_metadata
+from xtf_core.checkpoint.stamp import current_stamp, stamped_metadata
 from xtf_core.errors import ConversionError
+
+from .layout import compare_layouts, layout_at
 
 METADATA_FILE = ".metadata"
 BATCH_BYTES = 256 * 2**20
@@ -114,19 +116,6 @@ def model_groups(metadata: Any) -> dict[str, dict[str, str]]:
     return groups
 
 
-def _expected_layout(config: dict, stamp: Stamp) -> dict[str, tuple[int, ...]]:
-    import torch
-
-    from xtf_core.spec import build
-
-    if stamp == current_stamp():
-        with torch.device("meta"):
-            return {name: tuple(t.shape) for name, t in build(config).state_dict().items()}
-    from .xtransformers import _layout_at
-
-    return _layout_at(stamp, config)
-
-
 def _choose_group(
     groups: dict[str, dict[str, str]], expected: dict[str, tuple[int, ...]], key: str | None, where: str
 ) -> str:
@@ -152,29 +141,6 @@ def _choose_group(
             "choose one with --key"
         )
     return winners[0]
-
-
-def _compare(
-    found: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]], where: str, what: str
-) -> None:
-    problems = []
-    for name in sorted(set(expected) | set(found)):
-        if name not in found:
-            problems.append(f"missing {name!r} (the config builds it with shape {list(expected[name])})")
-        elif name not in expected:
-            problems.append(
-                f"unexpected {name!r} (shape {list(found[name])}; the config builds no such tensor)"
-            )
-        elif found[name] != expected[name]:
-            problems.append(
-                f"{name!r} has shape {list(found[name])}, the config builds {list(expected[name])}"
-            )
-    if problems:
-        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise ConversionError(
-            f"{where}: does not match the config as {what}: {problems[0]}{more}; "
-            "check dim, depth, heads and options in --config"
-        )
 
 
 def convert(
@@ -214,14 +180,14 @@ def convert(
         stamp, what = current_stamp(), f"xtf {current_stamp().version}"
     metadata = read_metadata(folder)
     try:
-        expected = _expected_layout(config, stamp)
+        expected = layout_at(stamp, config)
     except XtfError as exc:
         raise ConversionError(f"{where}: the config cannot be read as {what}: {exc}") from exc
     groups = model_groups(metadata)
     group = _choose_group(groups, expected, key, where)
     keys = groups[group]
     entries = {name: metadata.state_dict_metadata[dcp_key] for name, dcp_key in keys.items()}
-    _compare({name: tuple(entry.size) for name, entry in entries.items()}, expected, where, what)
+    compare_layouts({name: tuple(entry.size) for name, entry in entries.items()}, expected, where, what)
     names = sorted(entries)
     layout = [(name, dtype_code(entries[name].properties.dtype), tuple(entries[name].size)) for name in names]
     reader = _reader(folder)

@@ -19,6 +19,7 @@ from packaging.version import Version
 from xtf_core.checkpoint.stamp import KEY_FINGERPRINT, Stamp, canonical_json, current_stamp, stamped_metadata
 from xtf_core.errors import ConversionError, XtfError
 
+from .layout import compare_layouts, layout_at
 from .torch_pickle import read_state_dict
 
 LINEAGE = "x-transformers"
@@ -110,23 +111,6 @@ def _node_ranges() -> list[tuple[Stamp, str]]:
     return ranges
 
 
-def _layout_at(node: Stamp, config: dict) -> dict[str, tuple[int, ...]]:
-    """The (name -> shape) layout x-transformers at `node` has for `config`, derived from the chain."""
-    import torch
-
-    from xtf_core.chain import default_chain, migrate_in_memory
-    from xtf_core.chain.plan import plan_steps
-    from xtf_core.spec import build
-
-    current = current_stamp()
-    planned = plan_steps(default_chain().route(node, current), config)
-    spec_now = planned[-1].spec_after if planned else config
-    with torch.device("meta"):
-        model = build(spec_now)
-    back, _, _ = migrate_in_memory(model.state_dict(), spec_now, current, node)
-    return {name: tuple(t.shape) for name, t in back.items()}
-
-
 def detect_release(tensors: Mapping[str, Any], config: dict, where: str) -> Detection:
     """The era whose exact layout (names and shapes) the file has; refuses when such eras compute differently."""
     import torch
@@ -140,7 +124,7 @@ def detect_release(tensors: Mapping[str, Any], config: dict, where: str) -> Dete
     fits: list[tuple[Stamp, str, dict, dict]] = []
     for node, label in _node_ranges():
         try:
-            if _layout_at(node, config) != layout:
+            if layout_at(node, config) != layout:
                 continue
             migrated, spec = _fit(tensors, config, node, where)
         except (XtfError, RuntimeError, ValueError, TypeError, KeyError, NotImplementedError):
@@ -174,29 +158,13 @@ def detect_release(tensors: Mapping[str, Any], config: dict, where: str) -> Dete
 def _compare_layout(tensors: Mapping[str, Any], config: dict, stamp: Stamp, where: str) -> None:
     """Name the first tensor whose presence or shape disagrees with what the config builds at `stamp`."""
     try:
-        expected = _layout_at(stamp, config)
+        expected = layout_at(stamp, config)
     except XtfError as exc:
         raise ConversionError(
             f"{where}: the config cannot be read as x-transformers {stamp.version}: {exc}"
         ) from exc
-    problems = []
-    for name in sorted(set(expected) | set(tensors)):
-        if name not in tensors:
-            problems.append(f"missing {name!r} (the config builds it with shape {list(expected[name])})")
-        elif name not in expected:
-            problems.append(
-                f"unexpected {name!r} (shape {list(tensors[name].shape)}; the config builds no such tensor)"
-            )
-        elif tuple(tensors[name].shape) != expected[name]:
-            problems.append(
-                f"{name!r} has shape {list(tensors[name].shape)}, the config builds {list(expected[name])}"
-            )
-    if problems:
-        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise ConversionError(
-            f"{where}: does not match the config as x-transformers {stamp.version}: {problems[0]}{more}; "
-            "check dim, depth, heads and options in --config"
-        )
+    found = {name: tuple(t.shape) for name, t in tensors.items()}
+    compare_layouts(found, expected, where, f"x-transformers {stamp.version}")
 
 
 def convert(

@@ -89,6 +89,16 @@ def _run(model: nn.Module) -> Tensor:
     return out.detach().to("cpu", torch.float64)
 
 
+def _run_in_eval_mode(model: nn.Module) -> Tensor:
+    """The fingerprint forward pass in eval mode; the model's own mode is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        return _run(model)
+    finally:
+        model.train(was_training)
+
+
 def _dtype_name(model: nn.Module) -> str:
     param = next(iter(model.parameters()), None)
     return str(param.dtype).removeprefix("torch.") if param is not None else "float32"
@@ -97,12 +107,7 @@ def _dtype_name(model: nn.Module) -> str:
 @torch.no_grad()
 def compute_fingerprint(model: nn.Module) -> dict[str, Any]:
     """The fingerprint record stored under `xtf.fingerprint`."""
-    was_training = model.training
-    model.eval()
-    try:
-        out = _run(model)
-    finally:
-        model.train(was_training)
+    out = _run_in_eval_mode(model)
     flat = out.flatten()
     step = max(1, flat.numel() // SAMPLES)
     return {
@@ -149,11 +154,6 @@ def smoke_run(model: nn.Module, where: str) -> None:
     ]
     if bad:
         raise VerificationError(f"{where}: tensor {bad[0]!r} holds NaN or Inf ({len(bad)} tensor(s) in all)")
-    was_training = model.training
-    model.eval()
-    try:
-        out = _run(model)
-    finally:
-        model.train(was_training)
+    out = _run_in_eval_mode(model)
     if not torch.isfinite(out).all():
         raise VerificationError(f"{where}: the model runs but produces NaN or Inf outputs")
