@@ -257,3 +257,16 @@ def test_loading_an_older_stamp_migrates_in_memory_and_logs_one_line(
     lines = [r.getMessage() for r in caplog.records if r.name == "xtf"]
     assert len(lines) == 1 and "x-transformers==1.26.0" in lines[0] and "xtf==0.1.0" in lines[0]
     assert xtf_core.spec_of(model)["attn_layers"]["norm_add_unit_offset"] is False
+
+
+def test_save_and_load_do_not_need_numpy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch does not depend on numpy, so neither may xtf (a plain `pip install xtf` has no numpy)."""
+
+    def no_numpy(*args, **kwargs):
+        raise RuntimeError("Numpy is not available")
+
+    monkeypatch.setattr(torch.Tensor, "numpy", no_numpy)
+    spec = FAMILIES["plain"]
+    model = perturbed(spec)
+    loaded = xtf_core.load(xtf_core.save(model, tmp_path / "m.safetensors"))
+    torch.testing.assert_close(outputs(loaded, spec), outputs(model, spec), rtol=0, atol=0)

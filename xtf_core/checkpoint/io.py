@@ -151,11 +151,23 @@ def tensor_from_bytes(buffer: bytearray, dtype: str, shape: tuple[int, ...]) -> 
     return torch.frombuffer(buffer, dtype=torch_dtype(dtype)).reshape(shape)
 
 
-def tensor_bytes(tensor: torch.Tensor) -> memoryview:
-    """The little-endian bytes of a tensor in C order (a view where the tensor is already contiguous)."""
+def tensor_memory(tensor: torch.Tensor) -> memoryview:
+    """A writable byte view of a contiguous CPU tensor's memory (no copy, and no numpy needed).
+
+    The view keeps the tensor alive for as long as it exists.
+    """
     import torch
 
-    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-    if flat.numel() == 0:
-        return memoryview(b"")
-    return memoryview(flat.view(torch.uint8).numpy())
+    if tensor.device.type != "cpu" or not tensor.is_contiguous():
+        raise ValueError("tensor_memory needs a contiguous CPU tensor")
+    if tensor.numel() == 0:
+        return memoryview(bytearray())
+    raw = tensor.detach().reshape(-1).view(torch.uint8)
+    array = (ctypes.c_char * raw.numel()).from_address(raw.data_ptr())
+    array._tensor = raw  # the memory belongs to the tensor: keep it alive with the view
+    return memoryview(array).cast("B")
+
+
+def tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """The little-endian bytes of a tensor in C order (a view where the tensor is already contiguous)."""
+    return tensor_memory(tensor.detach().to("cpu").contiguous())

@@ -148,7 +148,7 @@ class SliceReader:
     def read_into(self, node: TensorNode, offsets, lengths, target) -> bool:
         """Read a stored slice straight into `target`'s memory when it is one contiguous byte range
         (a dim-0 shard of stored bytes into a contiguous tensor); False when it is not."""
-        from xtf_core.checkpoint.io import dtype_code
+        from xtf_core.checkpoint.io import dtype_code, tensor_memory
 
         lengths = tuple(int(v) for v in lengths)
         if (
@@ -162,10 +162,9 @@ class SliceReader:
             or target.numel() == 0
         ):
             return False
-        import torch
 
         row_bytes = math.prod(node.shape[1:]) * DTYPE_SIZES[node.dtype]
-        view = memoryview(target.view(-1).view(torch.uint8).numpy()).cast("B")
+        view = tensor_memory(target)
         start, done = node.offset + int(offsets[0]) * row_bytes, 0
         fd = self._fd(node.source)
         try:
