@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -160,8 +159,10 @@ def migrate(
         total = plan_file(ckpt, stamp).output_bytes
         with click.progressbar(length=total, label="migrating", file=sys.stderr) as bar:
             plan = migrate_file(ckpt, output, in_place=in_place, target=stamp, progress=bar.update)
-    if locked is not None and as_json:
-        _relock(lockfile.path, [ckpt])
+    if locked is not None:
+        from xtf_core.locking import lock_checkpoints
+
+        lock_checkpoints(lockfile.path, [ckpt])
     if as_json:
         _print_json({**plan.to_json(), "written": None if dry_run else str(output or ckpt)})
         return
@@ -172,7 +173,6 @@ def migrate(
         backup = f" (backup: {ckpt}.bak)" if in_place else ""
         click.echo(f"wrote {output or ckpt}{backup}")
     if locked is not None:
-        _relock(lockfile.path, [ckpt])
         click.echo(f"{lockfile.path}: re-locked {locked.path} at {stamp}")
 
 
@@ -308,156 +308,9 @@ def convert(
 
 
 def _lockfile_path(option: Path | None) -> Path:
-    """--lockfile, else $XTF_LOCK, else ./xtf.lock."""
-    from xtf_core.lockfile import LOCK_ENV, LOCK_FILENAME
+    from xtf_core.locking import lockfile_path
 
-    return option or Path(os.environ.get(LOCK_ENV) or LOCK_FILENAME)
-
-
-def _lock_option(path: Path) -> str:
-    """` --lockfile PATH` unless PATH is the one xtf finds without it."""
-    return "" if path.resolve() == _lockfile_path(None).resolve() else f" --lockfile {path}"
-
-
-def _check_pin(pin, chain) -> None:
-    """A pin on an x-transformers release must name one the converters know (not a broken one)."""
-    if pin.lineage == "x-transformers":
-        from xtf_converters.xtransformers import check_release
-
-        try:
-            check_release(pin.target(chain).version)
-        except XtfError as exc:
-            raise XtfError(f"pin {pin}: {exc}") from exc
-    pin.stamps(chain)
-
-
-def _fix(ckpt: object, stamp, target, chain, lock_option: str) -> str:
-    """The command that brings a checkpoint to the pinned release, or why none can."""
-    try:
-        chain.route(stamp, target)
-    except XtfError as exc:
-        return "no migration can: " + " ".join(str(exc).split())
-    return f"fix: xtf migrate {ckpt} --to-lock{lock_option} --in-place"
-
-
-def _relock(path: Path, ckpts: list[Path], pin_text: str | None = None):
-    """Add or refresh entries (hashed outside the file lock), re-derive the pin's stamps, write atomically."""
-    from xtf_core.chain.graph import default_chain
-    from xtf_core.checkpoint.stamp import Stamp
-    from xtf_core.errors import LockError
-    from xtf_core.lockfile import Lockfile, Pin, describe_checkpoint, stamp_matches, update_lockfile
-
-    chain = default_chain()
-    root = path.resolve().parent
-    new_pin = Pin.parse(pin_text) if pin_text else None
-    if new_pin is not None:
-        _check_pin(new_pin, chain)
-    described = [(ckpt, describe_checkpoint(ckpt, root)) for ckpt in ckpts]
-    notes: list[str] = []
-
-    def change(current: Lockfile | None) -> Lockfile:
-        pin = new_pin or (current.pin if current else Pin.default())
-        if current is None:
-            updated = Lockfile.new(path, pin, chain)
-        else:
-            updated = current.with_pin(pin, chain)
-        target = Stamp.parse(updated.target)
-        refused = []
-        for ckpt, entry in described:
-            stamp = Stamp.parse(entry.stamp)
-            if not stamp_matches(stamp, updated.stamps):
-                refused.append(
-                    f"{ckpt} is stamped {stamp}, which {pin} cannot load; "
-                    + _fix(ckpt, stamp, target, chain, _lock_option(path)).replace(
-                        "--to-lock", f"--to {target}"
-                    )
-                    + f", then xtf lock {ckpt}"
-                )
-        if refused:
-            raise LockError("; ".join(refused) + " (nothing written)")
-        for _, entry in described:
-            updated.entries[entry.path] = entry
-        if new_pin is not None:
-            for entry in updated.entries.values():
-                stamp = Stamp.parse(entry.stamp)
-                if not stamp_matches(stamp, updated.stamps):
-                    where = Path(os.path.relpath(updated.location(entry)))
-                    notes.append(
-                        f"{entry.path}: stamped {stamp}, which {pin} cannot load; "
-                        + _fix(where, stamp, target, chain, _lock_option(path))
-                    )
-        return updated
-
-    updated = update_lockfile(path, change)
-    for note in notes:
-        click.echo(f"warning: {note}", err=True)
-    return updated, [entry for _, entry in described]
-
-
-def _lock_problems(lockfile) -> list[str]:
-    """Everything `xtf lock --check` refuses, one line each."""
-    from xtf_core.chain.graph import default_chain
-    from xtf_core.checkpoint.stamp import Stamp
-    from xtf_core.lock import pin_problem
-    from xtf_core.lockfile import FileDigest, combined_digest, hash_file, stamp_matches
-
-    chain = default_chain()
-    name = lockfile.path
-    problems = []
-    try:
-        _check_pin(lockfile.pin, chain)
-        stamps, target = lockfile.pin.stamps(chain), lockfile.pin.target(chain)
-    except XtfError as exc:
-        return [f"{name}: {' '.join(str(exc).split())}"]
-    problem = pin_problem(lockfile)
-    if problem:
-        problems.append(f"{name}: {problem}")
-    if stamps != lockfile.stamps or str(target) != lockfile.target:
-        problems.append(
-            f"{name}: the pin's recorded target/stamps ({lockfile.target}; {', '.join(lockfile.stamps)}) differ "
-            f"from what the installed chain derives ({target}; {', '.join(stamps)}); refresh them with xtf lock"
-            + _lock_option(name)
-        )
-    for key in sorted(lockfile.entries):
-        entry = lockfile.entries[key]
-        location = lockfile.location(entry)
-        shown = entry.path
-        if not location.exists():
-            problems.append(f"{shown}: locked in {name} but missing")
-        else:
-            expected = {f.name: f for f in entry.files} if entry.files else None
-            if expected is None:
-                sha, size = hash_file(location) if location.is_file() else ("", -1)
-                if (sha, size) != (entry.sha256, entry.size):
-                    problems.append(
-                        f"{shown}: sha256 {sha[:12]}… ({size} bytes) differs from the locked {entry.sha256[:12]}… "
-                        f"({entry.size} bytes); restore the locked file, or re-lock it with xtf lock {shown}"
-                    )
-            else:
-                found = []
-                for file in sorted(expected):
-                    path = location / file
-                    if not path.is_file():
-                        problems.append(f"{shown}/{file}: locked in {name} but missing")
-                        continue
-                    sha, size = hash_file(path)
-                    found.append(FileDigest(file, sha, size))
-                    if sha != expected[file].sha256:
-                        problems.append(
-                            f"{shown}/{file}: sha256 {sha[:12]}… differs from the locked {expected[file].sha256[:12]}…; "
-                            f"restore the locked file, or re-lock it with xtf lock {shown}"
-                        )
-                if combined_digest(list(expected.values())) != entry.sha256:
-                    problems.append(
-                        f"{shown}: the folder digest does not match its file digests (edited lockfile?)"
-                    )
-        stamp = Stamp.parse(entry.stamp)
-        if not stamp_matches(stamp, stamps):
-            problems.append(
-                f"{shown}: stamped {stamp}, which {lockfile.pin} cannot load; "
-                + _fix(shown, stamp, target, chain, _lock_option(name))
-            )
-    return problems
+    return lockfile_path(option)
 
 
 @main.command()
@@ -480,14 +333,16 @@ def lock(
     ckpts: tuple[Path, ...], pin_text: str | None, lockfile_path: Path | None, check: bool, as_json: bool
 ) -> None:
     """Create or update the lockfile (pin a release, lock checkpoints by sha256), or --check it."""
+    from xtf_converters.xtransformers import check_release
     from xtf_core.lockfile import Lockfile
+    from xtf_core.locking import check_lockfile, lock_checkpoints
 
     path = _lockfile_path(lockfile_path)
     if check:
         if ckpts or pin_text:
             raise click.UsageError("--check takes no checkpoints and no --pin")
         lockfile = Lockfile.read(path)
-        problems = _lock_problems(lockfile)
+        problems = check_lockfile(lockfile, release_check=check_release)
         if as_json:
             _print_json(
                 {"lockfile": str(path), "pin": str(lockfile.pin), "ok": not problems, "problems": problems}
@@ -504,7 +359,9 @@ def lock(
                 click.echo(f"{path}: {len(problems)} problem(s)", err=True)
             sys.exit(1)
         return
-    updated, added = _relock(path, list(ckpts), pin_text)
+    updated, added, notes = lock_checkpoints(path, list(ckpts), pin_text, release_check=check_release)
+    for note in notes:
+        click.echo(f"warning: {note}", err=True)
     if as_json:
         _print_json(
             {
