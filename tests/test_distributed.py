@@ -343,7 +343,7 @@ def _spawn(world: int, root: Path) -> list[dict]:
     missing = [rank for rank in range(world) if not (root / f"result-{rank}.pt").exists()]
     if missing:
         pytest.fail(f"world size {world}: ranks {missing} wrote no results ({failure!r})")
-    return [torch.load(root / f"result-{rank}.pt") for rank in range(world)]
+    return [torch.load(root / f"result-{rank}.pt", weights_only=True) for rank in range(world)]
 
 
 @pytest.mark.parametrize("world", [1, 2, 4])
@@ -387,7 +387,9 @@ def test_sharded_load_save_and_errors(world, checkpoints, tmp_path):
         assert torch.equal(saved.state_dict()[name], tensor), name
     tokens = _tokens(saved)
     with torch.no_grad():
-        assert torch.allclose(saved(tokens), torch.load(root / "saved-out-0.pt"), rtol=0, atol=1e-6)
+        assert torch.allclose(
+            saved(tokens), torch.load(root / "saved-out-0.pt", weights_only=True), rtol=0, atol=1e-6
+        )
     from xtf_core.verification import verify_checkpoint
 
     assert verify_checkpoint(root / "saved")["checked"] == "fingerprint"
@@ -398,5 +400,5 @@ def test_sharded_load_save_and_errors(world, checkpoints, tmp_path):
     assert report["state_dict_at"] == "model" and report["skipped"] > 0
     with torch.no_grad():
         out = xtf_core.load(root / "imported.safetensors")(tokens)
-    assert torch.allclose(out, torch.load(root / "dcp-out-0.pt"), rtol=0, atol=1e-6)
+    assert torch.allclose(out, torch.load(root / "dcp-out-0.pt", weights_only=True), rtol=0, atol=1e-6)
     assert elapsed < DEADLINE_S
