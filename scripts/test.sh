@@ -10,4 +10,5 @@ fi
 "$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[test]"
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check .
-"$VENV/bin/python" -m pytest -q "$@"
+# XTF_RELEASE_TESTS=1: also re-run three real releases and check they reproduce the fixture corpus bit-exactly
+XTF_RELEASE_TESTS="${XTF_RELEASE_TESTS:-1}" "$VENV/bin/python" -m pytest -q "$@"
