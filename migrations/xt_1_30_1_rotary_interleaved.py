@@ -54,40 +54,25 @@ def ops(spec: dict) -> list:
         dim_head = stack.dim_head
         rot = stack.rotary_dim
         fwd, bwd = _permutation(dim_head, rot, False), _permutation(dim_head, rot, True)
-        rows = ["to_q.weight", "to_k.weight"] + (["to_v.weight"] if stack.get("xtf_rotary_values") else [])
+        # (tensor, the dim whose features are per-head rotary features) in each self-attention block
+        values = bool(stack.get("xtf_rotary_values"))
+        targets = [("to_q.weight", 0), ("to_k.weight", 0)]
+        targets += [("to_v.weight", 0)] * values + [("to_out.weight", 1)] * (
+            values and stack.get("heads", 8) > 1
+        )
+        if stack.get("attn_qk_norm") and stack.get("attn_qk_norm_dim_scale"):
+            targets += [("qk_norm_q_scale", 2), ("qk_norm_k_scale", 2)]
         for index, layer_type in enumerate(stack.layer_types):
             if layer_type != "a":
                 continue
-            base = f"{stack.layers}layers.{index}.1."
-            for name in rows:
+            for name, dim in targets:
                 found.append(
                     ValueTransform(
-                        base + name,
-                        _permute(0, dim_head, fwd),
-                        _permute(0, dim_head, bwd),
+                        f"{stack.layers}layers.{index}.1.{name}",
+                        _permute(dim, dim_head, fwd),
+                        _permute(dim, dim_head, bwd),
                         False,
                         "interleave rotary features",
                     )
                 )
-            if stack.get("xtf_rotary_values") and stack.get("heads", 8) > 1:
-                found.append(
-                    ValueTransform(
-                        base + "to_out.weight",
-                        _permute(1, dim_head, fwd),
-                        _permute(1, dim_head, bwd),
-                        False,
-                        "interleave rotary features",
-                    )
-                )
-            if stack.get("attn_qk_norm") and stack.get("attn_qk_norm_dim_scale"):
-                for name in ("qk_norm_q_scale", "qk_norm_k_scale"):
-                    found.append(
-                        ValueTransform(
-                            base + name,
-                            _permute(2, dim_head, fwd),
-                            _permute(2, dim_head, bwd),
-                            False,
-                            "interleave rotary features",
-                        )
-                    )
     return found
