@@ -55,11 +55,11 @@ def ops(spec: dict) -> list:
         rot = stack.rotary_dim
         fwd, bwd = _permutation(dim_head, rot, False), _permutation(dim_head, rot, True)
         # (tensor, the dim whose features are per-head rotary features) in each self-attention block
-        values = bool(stack.get("xtf_rotary_values"))
         targets = [("to_q.weight", 0), ("to_k.weight", 0)]
-        targets += [("to_v.weight", 0)] * values + [("to_out.weight", 1)] * (
-            values and stack.get("heads", 8) > 1
-        )
+        if stack.get("xtf_rotary_values"):
+            targets.append(("to_v.weight", 0))
+            if stack.get("heads", 8) > 1:  # with one head there is no output projection
+                targets.append(("to_out.weight", 1))
         if stack.get("attn_qk_norm") and stack.get("attn_qk_norm_dim_scale"):
             targets += [("qk_norm_q_scale", 2), ("qk_norm_k_scale", 2)]
         for index, layer_type in enumerate(stack.layer_types):
