@@ -3,12 +3,41 @@
 Importing this package does not import torch; torch loads only when a tensor must be decoded.
 """
 
-from xtf_core.chain.graph import Chain, Route, default_chain, route
-from xtf_core.chain.memory import migrate_in_memory
-from xtf_core.chain.ops import Add, Drop, Merge, Op, Rename, Reshape, Split, Transpose, ValueTransform
-from xtf_core.chain.plan import FilePlan, plan_file
-from xtf_core.chain.step import Step
-from xtf_core.chain.stream import migrate_file
+import importlib
+from typing import Any
+
+# Loaded on first use, so a step module importing `Rename` (or `xtf inspect` planning from a header) pays
+# only for the pieces it touches.
+_LAZY = {
+    "Chain": "graph",
+    "Route": "graph",
+    "default_chain": "graph",
+    "route": "graph",
+    "migrate_in_memory": "memory",
+    "Add": "ops",
+    "Drop": "ops",
+    "Merge": "ops",
+    "Op": "ops",
+    "Rename": "ops",
+    "Reshape": "ops",
+    "Split": "ops",
+    "Transpose": "ops",
+    "ValueTransform": "ops",
+    "FilePlan": "plan",
+    "plan_file": "plan",
+    "Step": "step",
+    "migrate_file": "stream",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'xtf_core.chain' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"xtf_core.chain.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "Add",

@@ -1,0 +1,73 @@
+"""Time `xtf inspect` on a ~1 GiB stamped checkpoint (header only, no torch), against a bare interpreter.
+
+    python benchmarks/bench_inspect.py [--size-mb 1024] [--repeat 15]
+
+The file is sparse (its data region is a hole), which is exactly what inspect must never read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from xtf_core.checkpoint.header import encode_header
+from xtf_core.checkpoint.stamp import current_stamp, stamped_metadata
+
+SPEC = {
+    "class": "TransformerWrapper",
+    "num_tokens": 32000,
+    "max_seq_len": 2048,
+    "attn_layers": {"class": "Decoder", "dim": 1024, "depth": 24},
+}
+
+
+def build(path: Path, size_mb: int, tensors: int = 400) -> None:
+    per = size_mb * 2**20 // tensors // 4
+    entries = [(f"layers.{i}.weight", "F32", (per,)) for i in range(tensors)]
+    header = encode_header(entries, stamped_metadata({}, current_stamp(), SPEC))
+    with open(path, "wb") as handle:
+        handle.write(header)
+        handle.truncate(len(header) + per * 4 * tensors)
+
+
+def timed(command: list[str], repeat: int) -> list[float]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    subprocess.run(command, stdout=subprocess.DEVNULL, env=env, check=True)  # warm caches and bytecode
+    runs = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        subprocess.run(command, stdout=subprocess.DEVNULL, env=env, check=True)
+        runs.append(time.perf_counter() - start)
+    return runs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mb", type=int, default=1024)
+    parser.add_argument("--repeat", type=int, default=15)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="xtf-bench-") as temp:
+        path = Path(temp) / "model.safetensors"
+        build(path, args.size_mb)
+        xtf = [sys.executable, "-m", "xtf_cli.cli"]
+        variants = {
+            "python -c pass": [sys.executable, "-c", "pass"],
+            "xtf inspect": [*xtf, "inspect", str(path)],
+            "xtf inspect --json": [*xtf, "inspect", "--json", str(path)],
+        }
+        print(f"checkpoint: {path.stat().st_size / 2**20:.0f} MiB (sparse), 400 tensors")
+        print(f"{'variant':22} {'min ms':>8} {'median ms':>10}")
+        for name, command in variants.items():
+            runs = timed(command, args.repeat)
+            print(f"{name:22} {min(runs) * 1000:8.0f} {statistics.median(runs) * 1000:10.0f}")
+        print("target: well under 100 ms per inspect")
+
+
+if __name__ == "__main__":
+    main()
