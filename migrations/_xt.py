@@ -175,12 +175,3 @@ def layernorms(spec: dict[str, Any]) -> list[str]:
         if stack.wrapper is not None and stack.wrapper_get("post_emb_norm"):
             found.append(f"{stack.wrapper}post_emb_norm.")
     return found
-
-
-def norm_gains(spec: dict[str, Any], *, layernorm_name: str = "gamma") -> list[str]:
-    """Names of every learned norm gain inside the attention stacks (not post-embedding norms)."""
-    names = []
-    for stack in stacks(spec):
-        for prefix, kind in stack.norm_modules():
-            names.append(prefix + (layernorm_name if kind == "layernorm" else "g"))
-    return names

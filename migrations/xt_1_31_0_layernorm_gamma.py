@@ -7,7 +7,7 @@ the option.
 
 from xtf_core.chain import Rename, ValueTransform
 
-from ._xt import layernorms, norm_gains, stacks
+from ._xt import layernorms, stacks
 
 revision = "x-transformers==1.31.0"
 down_revision = "x-transformers==1.30.1"
@@ -19,20 +19,14 @@ def ops(spec: dict) -> list:
 
 
 def backfill(spec: dict) -> list:
+    """Runs after the reverse renames, so LayerNorm gains are named `weight` again here."""
     found = []
     for stack in stacks(spec):
-        if stack.get("norm_add_unit_offset"):
-            found += [
-                ValueTransform(
-                    name.replace(".gamma", ".weight") if name.endswith("gamma") else name,
-                    lambda t: t + 1,
-                    lambda t: t - 1,
-                    True,
-                    "gain + 1",
-                )
-                for name in norm_gains(spec)
-                if name.startswith(stack.layers)
-            ]
+        if not stack.get("norm_add_unit_offset"):
+            continue
+        for prefix, kind in stack.norm_modules():
+            name = prefix + ("weight" if kind == "layernorm" else "g")
+            found.append(ValueTransform(name, lambda t: t + 1, lambda t: t - 1, True, "gain + 1"))
     return found
 
 
