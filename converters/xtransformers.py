@@ -79,19 +79,14 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     return config
 
 
-def _fit(tensors: Mapping[str, Any], config: dict, stamp: Stamp, where: str) -> tuple[dict, dict]:
-    """Migrate as if stamped `stamp` and check against the current core; returns (tensors, spec) or raises."""
-    import torch
-
+def _fit(tensors: Mapping[str, Any], config: dict, stamp: Stamp, where: str) -> tuple[dict, dict, Any]:
+    """Migrate as if stamped `stamp` and build the current model on the result (names and shapes checked);
+    returns (tensors, spec, model) or raises."""
     from xtf_core.chain import migrate_in_memory
-    from xtf_core.loading import check_state
-    from xtf_core.spec import build
+    from xtf_core.loading import build_with_state
 
     migrated, spec, _ = migrate_in_memory(dict(tensors), config, stamp, current_stamp())
-    with torch.device("meta"):
-        model = build(spec)
-    check_state(model, migrated, where)
-    return migrated, spec
+    return migrated, spec, build_with_state(spec, migrated, where)
 
 
 @dataclass
@@ -126,7 +121,7 @@ def detect_release(tensors: Mapping[str, Any], config: dict, where: str) -> Dete
         try:
             if layout_at(node, config) != layout:
                 continue
-            migrated, spec = _fit(tensors, config, node, where)
+            migrated, spec, _ = _fit(tensors, config, node, where)
         except (XtfError, RuntimeError, ValueError, TypeError, KeyError, NotImplementedError):
             continue
         fits.append((node, label, migrated, spec))
@@ -177,7 +172,7 @@ def convert(
 ) -> dict[str, Any]:
     """Write `src` (a torch pickle of an x-transformers state dict) as a stamped safetensors file."""
     from xtf_core.fingerprint import compute_fingerprint
-    from xtf_core.loading import build_with_state, dedupe_shared, write_tensors
+    from xtf_core.loading import dedupe_shared, write_tensors
 
     state, found_at = read_state_dict(src, key)
     where = str(src)
@@ -189,13 +184,13 @@ def convert(
     stamp = check_release(release)
     _compare_layout(state, config, stamp, where)
     try:
-        migrated, spec = _fit(state, config, stamp, where)
+        _, _, model = _fit(state, config, stamp, where)
     except XtfError as exc:
         raise ConversionError(f"{exc} (as x-transformers {stamp.version} with the given config)") from exc
     tensors, tied = dedupe_shared({k: v.contiguous() for k, v in state.items()})
     metadata = stamped_metadata({}, stamp, config, tied=tied)
     # the function the release computed, recorded so `xtf verify` can check every later migration
-    metadata[KEY_FINGERPRINT] = canonical_json(compute_fingerprint(build_with_state(spec, migrated, where)))
+    metadata[KEY_FINGERPRINT] = canonical_json(compute_fingerprint(model))
     write_tensors(Path(out), tensors, metadata)
     return {
         "source": where,
