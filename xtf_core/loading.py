@@ -29,7 +29,7 @@ from .checkpoint.stamp import (
     read_tied,
     stamped_metadata,
 )
-from .errors import CheckpointFormatError, StateDictMismatchError, VersionError
+from .errors import CheckpointFormatError, IrreversibleStepError, StateDictMismatchError, VersionError
 from .fingerprint import compute_fingerprint
 from .spec import build, spec_of
 
@@ -125,11 +125,13 @@ def load_state(
     spec = read_spec(metadata, where)
     tied = read_tied(metadata, where)
     target_stamp = Stamp.coerce(target) if target is not None else current_stamp()
-    if stamp.lineage == target_stamp.lineage and stamp > target_stamp and target is None:
-        raise VersionError(
-            f"{where}: written by {stamp}, newer than the installed {target_stamp}; upgrade xtf "
-            f"(pip install -U xtf) or have {stamp} migrate it down: xtf migrate {where} --to {target_stamp.version} -o OUT"
-        )
+    if stamp != target_stamp:
+        from .chain import route
+
+        try:  # the whole route (a newer stamp, an irreversible step) is checked before any tensor is read
+            route(stamp, target_stamp)
+        except (VersionError, IrreversibleStepError) as exc:
+            raise type(exc)(f"{where}: {exc}") from exc
     tensors = read_tensors(headers, hasher)
     for dropped, kept in tied.items():
         if kept not in tensors:
