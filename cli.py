@@ -1,27 +1,181 @@
-"""The `xtf` command line: parse options, call the library, print. Errors become one line, in one place."""
+"""The `xtf` command line: parse options, call the library, print. Errors become one line, in one place.
+
+Exit status: 0 success (also when a reader such as `head` closes the output early), 1 an error (`error: ...`
+on stderr, one line), 2 a usage error (one `error: ...` line too, no usage block), 130 interrupted.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from xtf_core.errors import XtfError
 
+if TYPE_CHECKING:
+    from xtf_core.checkpoint.stamp import Stamp
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+MESSAGE_LIMIT = 2000  # characters of one error line; the library keeps its own messages shorter
+
+
+def _one_line(text: str) -> str:
+    """Whitespace collapsed to single spaces, cut at MESSAGE_LIMIT characters."""
+    line = " ".join(str(text).split())
+    if len(line) > MESSAGE_LIMIT:
+        line = line[: MESSAGE_LIMIT - 1] + "\u2026"
+    return line
+
+
+def _os_error_text(exc: OSError) -> str:
+    reason = exc.strerror or str(exc)
+    return f"{exc.filename}: {reason}" if exc.filename is not None else reason
+
+
+def _error(text: str) -> None:
+    """Write `error: <text>` as one line on stderr; a closed stderr is not worth a second error."""
+    try:
+        sys.stderr.write(f"error: {_one_line(text)}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def _usage_text(exc: click.UsageError) -> str:
+    message = exc.format_message().rstrip(".")
+    message = message[:1].lower() + message[1:]
+    command = exc.ctx.command_path if exc.ctx is not None else "xtf"
+    return f"{message} (see {command} --help)"
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail on a closed pipe.
+
+    This is what Python's documentation recommends for SIGPIPE: the reader is gone, nothing more is said.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real descriptor (e.g. a test runner's buffer)
+        pass
+
+
+def _is_closed_pipe(exc: BaseException) -> bool:
+    return isinstance(exc, BrokenPipeError) or (isinstance(exc, OSError) and exc.errno == errno.EPIPE)
+
 
 class XtfGroup(click.Group):
-    """Turns any XtfError raised by a verb into `error: <message>` on stderr and exit status 1."""
+    """Every failure leaves as one `error: ...` line on stderr, with the exit status documented above.
+
+    `XtfError` (raised by the library) and `OSError` (disk full, permission denied, ...) exit 1; click's
+    usage errors (missing or unknown option, bad value) exit 2, without click's usage block; output cut
+    short by a closed pipe ends quietly with 0.
+    """
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except XtfError as exc:
-            message = " ".join(str(exc).split())
-            click.echo(f"error: {message}", err=True)
-            ctx.exit(1)
+            _error(str(exc))
+            ctx.exit(EXIT_ERROR)
+        except OSError as exc:
+            if _is_closed_pipe(exc):  # the reader (e.g. `head`) has what it wanted
+                _silence_stdout()
+                ctx.exit(EXIT_OK)
+            _error(_os_error_text(exc))
+            ctx.exit(EXIT_ERROR)
+
+    def make_context(self, info_name, args, parent=None, **extra):  # type: ignore[override]
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except OSError as exc:  # `xtf --help | head -n 1`: click prints help while parsing
+            if not _is_closed_pipe(exc):
+                raise
+            _silence_stdout()
+            raise click.exceptions.Exit(EXIT_OK) from None
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # type: ignore[override]
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        code: int | str | None = EXIT_OK
+        try:
+            try:
+                code = super().main(args, prog_name or "xtf", complete_var, standalone_mode=False, **extra)
+            except SystemExit as exc:  # a verb's own sys.exit (e.g. verify, lock --check)
+                code = exc.code
+            except click.exceptions.NoArgsIsHelpError as exc:
+                click.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message())
+                code = EXIT_OK
+            except click.UsageError as exc:
+                _error(_usage_text(exc))
+                code = EXIT_USAGE
+            except click.ClickException as exc:
+                _error(exc.format_message())
+                code = exc.exit_code
+            except (click.Abort, KeyboardInterrupt, EOFError):
+                _error("interrupted")
+                code = EXIT_INTERRUPTED
+            except OSError as exc:
+                if not _is_closed_pipe(exc):
+                    raise
+                _silence_stdout()
+                code = EXIT_OK
+            sys.stdout.flush()
+        except OSError as exc:  # the final flush into a closed pipe: the reader has what it wanted
+            if not _is_closed_pipe(exc):
+                raise
+            _silence_stdout()
+        sys.exit(code)
+
+
+class _NonEmptyPath(click.Path):
+    """A path; an empty string is a usage error (it would otherwise mean the current folder)."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():
+            self.fail("an empty string names no file", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+class _NonEmptyText(click.ParamType):
+    """A string option that must say something (`--to ''` is an error, not the default)."""
+
+    name = "text"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():
+            self.fail("an empty value is not allowed", param, ctx)
+        return value
+
+
+class _StampType(_NonEmptyText):
+    """`0.1.0` (xtf) or `x-transformers==1.26.0`, checked when parsed."""
+
+    name = "version"
+
+    def convert(self, value, param, ctx):
+        from xtf_core.checkpoint.stamp import Stamp
+
+        text = super().convert(value, param, ctx)
+        try:
+            return Stamp.parse(text)
+        except XtfError as exc:
+            self.fail(_one_line(str(exc)), param, ctx)
+
+
+PATH = _NonEmptyPath(path_type=Path)
+TEXT = _NonEmptyText()
+STAMP = _StampType()
 
 
 def _print_json(data: object) -> None:
@@ -32,13 +186,13 @@ def _mib(nbytes: int) -> str:
     return f"{nbytes / 2**20:.1f} MiB"
 
 
-@click.group(cls=XtfGroup)
+@click.group(cls=XtfGroup, name="xtf")
 def main() -> None:
     """xtf: keep transformer checkpoints loadable forever."""
 
 
 @main.command()
-@click.argument("ckpt", type=click.Path(path_type=Path))
+@click.argument("ckpt", type=PATH)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def inspect(ckpt: Path, as_json: bool) -> None:
     """Show a checkpoint's stamp, spec, tensors, applied migrations and pending steps (reads headers only)."""
@@ -106,17 +260,20 @@ def inspect(ckpt: Path, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("ckpt", type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Write the migrated checkpoint here.")
+@click.argument("ckpt", type=PATH)
+@click.option("-o", "--output", type=PATH, help="Write the migrated checkpoint here.")
 @click.option("--in-place", is_flag=True, help="Rewrite CKPT itself, keeping CKPT.bak first.")
 @click.option(
-    "--to", "target", help='Target stamp: "0.1.0" (xtf) or "x-transformers==1.26.0"; default: installed.'
+    "--to",
+    "target",
+    type=STAMP,
+    help='Target stamp: "0.1.0" (xtf) or "x-transformers==1.26.0"; default: installed.',
 )
 @click.option("--to-lock", is_flag=True, help="Target the lockfile's pinned release (upgrade or downgrade).")
 @click.option(
     "--lockfile",
     "lockfile_path",
-    type=click.Path(path_type=Path),
+    type=PATH,
     help="With --to-lock: the lockfile (default: $XTF_LOCK, else ./xtf.lock).",
 )
 @click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")
@@ -125,7 +282,7 @@ def migrate(
     ckpt: Path,
     output: Path | None,
     in_place: bool,
-    target: str | None,
+    target: Stamp | None,
     to_lock: bool,
     lockfile_path: Path | None,
     dry_run: bool,
@@ -133,11 +290,10 @@ def migrate(
 ) -> None:
     """Rewrite a checkpoint for another xtf release (default: the installed one)."""
     from xtf_core.chain.stream import migrate_file
-    from xtf_core.checkpoint.stamp import Stamp
 
     if (output is None) == (not in_place):
         raise click.UsageError("give exactly one of -o OUT or --in-place")
-    if to_lock and target:
+    if to_lock and target is not None:
         raise click.UsageError("give --to VERSION or --to-lock, not both")
     if lockfile_path is not None and not to_lock:
         raise click.UsageError("--lockfile goes with --to-lock")
@@ -149,7 +305,7 @@ def migrate(
         lockfile = Lockfile.read(_lockfile_path(lockfile_path))
         stamp = lockfile.pin.target(default_chain())
     else:
-        stamp = Stamp.parse(target) if target else None
+        stamp = target
     locked = lockfile.entry_for(ckpt) if lockfile is not None and in_place and not dry_run else None
     if dry_run or not sys.stderr.isatty():
         plan = migrate_file(ckpt, output, in_place=in_place, target=stamp, dry_run=dry_run)
@@ -206,7 +362,7 @@ def history(as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("ckpt", type=click.Path(path_type=Path))
+@click.argument("ckpt", type=PATH)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def verify(ckpt: Path, as_json: bool) -> None:
     """Check that a checkpoint still computes what its stored fingerprint says."""
@@ -222,27 +378,31 @@ def verify(ckpt: Path, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("src", type=PATH)
 @click.option(
     "--from",
     "source",
+    type=TEXT,
     metavar="x-transformers[==RELEASE]",
     help="Convert an unstamped x-transformers state dict (torch pickle).",
 )
 @click.option(
     "--config",
     "config_path",
-    type=click.Path(path_type=Path),
+    type=PATH,
     help="JSON of the constructor call, in spec form, with that release's kwargs.",
 )
-@click.option("--key", help="Where the state dict sits inside the pickle (default: found automatically).")
+@click.option(
+    "--key", type=TEXT, help="Where the state dict sits inside the pickle (default: found automatically)."
+)
 @click.option(
     "--to",
     "target",
+    type=TEXT,
     metavar="x-transformers==RELEASE",
     help="Export a stamped checkpoint as that release's plain state dict.",
 )
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="The file to write.")
+@click.option("-o", "--output", type=PATH, required=True, help="The file to write.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def convert(
     src: Path,
@@ -314,17 +474,18 @@ def _lockfile_path(option: Path | None) -> Path:
 
 
 @main.command()
-@click.argument("ckpts", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("ckpts", nargs=-1, type=PATH)
 @click.option(
     "--pin",
     "pin_text",
+    type=TEXT,
     metavar="SPEC",
     help='Pin: "xtf==0.1.0" (default: installed) or "x-transformers==1.26.0".',
 )
 @click.option(
     "--lockfile",
     "lockfile_path",
-    type=click.Path(path_type=Path),
+    type=PATH,
     help="The lockfile (default: $XTF_LOCK, else ./xtf.lock).",
 )
 @click.option("--check", is_flag=True, help="Verify the pin and every locked file; exit 1 on any problem.")
@@ -383,7 +544,7 @@ def lock(
 
 
 @main.command()
-@click.argument("ckpt", required=False, type=click.Path(path_type=Path))
+@click.argument("ckpt", required=False, type=PATH)
 @click.option("--json", "as_json", is_flag=True, help="Print the matrix as JSON.")
 def compat(ckpt: Path | None, as_json: bool) -> None:
     """Which stamps each release reads directly, by migration, or not at all; for CKPT, where it can go."""
@@ -442,10 +603,8 @@ def compat(ckpt: Path | None, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("folder", type=click.Path(path_type=Path))
-@click.option(
-    "-o", "--output", type=click.Path(path_type=Path), required=True, help="The single file to write."
-)
+@click.argument("folder", type=PATH)
+@click.option("-o", "--output", type=PATH, required=True, help="The single file to write.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def consolidate(folder: Path, output: Path, as_json: bool) -> None:
     """Join a sharded checkpoint folder (e.g. from xtf_core.distributed.save) into one stamped file."""

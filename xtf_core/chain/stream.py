@@ -18,7 +18,7 @@ from pathlib import Path
 from xtf_core.chain.graph import Chain
 from xtf_core.chain.plan import FilePlan, plan_file
 from xtf_core.chain.tensors import Computed, Realiser, StoredBytes, TensorNode, check_drops
-from xtf_core.checkpoint.atomic import atomic_file, atomic_folder, is_temp_leftover, make_backup
+from xtf_core.checkpoint.atomic import atomic_file, atomic_folder, backup_for_rewrite, is_temp_leftover
 from xtf_core.checkpoint.header import DTYPE_SIZES, encode_header
 from xtf_core.checkpoint.io import (
     copy_range,
@@ -79,14 +79,13 @@ def _write(
     with _open_sources(plan) as source_fds:
         realise = Realiser(lambda node: _read_stored(source_fds, node))
         check_drops(plan.drops, realise)
-        if in_place:
-            make_backup(source)
-        if plan.headers.is_sharded:
-            _write_sharded(plan, destination, source_fds, realise, progress)
-        else:
-            tensors = plan.outputs[plan.headers.path.name]
-            with atomic_file(destination) as fd:
-                _write_tensors(fd, tensors, plan.metadata, source_fds, realise, progress)
+        with backup_for_rewrite(source) if in_place else contextlib.nullcontext():
+            if plan.headers.is_sharded:
+                _write_sharded(plan, destination, source_fds, realise, progress)
+            else:
+                tensors = plan.outputs[plan.headers.path.name]
+                with atomic_file(destination) as fd:
+                    _write_tensors(fd, tensors, plan.metadata, source_fds, realise, progress)
 
 
 @contextlib.contextmanager

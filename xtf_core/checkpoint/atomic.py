@@ -1,9 +1,10 @@
 """Write files and folders so that a reader sees the old content or the whole new content, never a part.
 
 Output goes to a temporary sibling named `.<name>.xtf-tmp-<hex>` (recognisable, and never the output path),
-is fsynced, then renamed over the target, and the folder is fsynced. On any error the temporary is removed;
+is fsynced, then renamed over the target, and the folder is fsynced. On any error (a full disk included) the temporary is removed;
 after a SIGKILL it stays behind under its temporary name, which no reader mistakes for a checkpoint.
-Backups for in-place rewrites are made before anything is written and are never overwritten.
+Backups for in-place rewrites are made before anything is written and are never overwritten; a rewrite that
+fails before it replaced its source removes its backup again, so the next attempt is not refused.
 """
 
 from __future__ import annotations
@@ -72,11 +73,52 @@ def atomic_folder(target: Path) -> Iterator[Path]:
     if target.exists():
         retired = temp_sibling(target)
         os.replace(target, retired)
-        os.replace(temp, target)
+        try:
+            os.replace(temp, target)
+        except BaseException:
+            os.replace(retired, target)
+            shutil.rmtree(temp, ignore_errors=True)
+            raise
         shutil.rmtree(retired, ignore_errors=True)
     else:
-        os.replace(temp, target)
+        try:
+            os.replace(temp, target)
+        except BaseException:
+            shutil.rmtree(temp, ignore_errors=True)
+            raise
     fsync_dir(target.parent)
+
+
+@contextlib.contextmanager
+def atomic_files(*targets: Path) -> Iterator[tuple[int, ...]]:
+    """Like `atomic_file` for several files written together (e.g. a state dict and its config).
+
+    Every file is written and fsynced under its temporary name first; only then are they renamed into
+    place, so a failure while writing (a full disk) leaves none of them behind.
+    """
+    paths = [Path(target) for target in targets]
+    temps: list[Path] = []
+    fds: list[int] = []
+    try:
+        for path in paths:
+            temp = temp_sibling(path)
+            fds.append(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            temps.append(temp)
+        yield tuple(fds)
+        for fd in fds:
+            os.fsync(fd)
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        for temp in temps:
+            temp.unlink(missing_ok=True)
+        raise
+    for fd in fds:
+        os.close(fd)
+    for temp, path in zip(temps, paths):
+        os.replace(temp, path)
+    for folder in {path.parent for path in paths}:
+        fsync_dir(folder)
 
 
 def backup_path(path: Path) -> Path:
@@ -114,6 +156,36 @@ def make_backup(path: Path) -> Path:
         raise
     fsync_dir(backup.parent)
     return backup
+
+
+@contextlib.contextmanager
+def backup_for_rewrite(path: Path) -> Iterator[Path]:
+    """`make_backup(path)` around an in-place rewrite of `path`.
+
+    When the rewrite fails before it replaced `path` (a full disk, a refused step, Ctrl-C), `path` still
+    holds the original and the backup is only a second copy of it: it is removed, so that retrying is not
+    refused because a backup exists. A failure after the replacement keeps the backup, the only old copy.
+    """
+    path = Path(path)
+    before = _identity(path)
+    backup = make_backup(path)
+    try:
+        yield backup
+    except BaseException:
+        if _identity(path) == before:
+            if backup.is_dir() and not backup.is_symlink():
+                shutil.rmtree(backup, ignore_errors=True)
+            else:
+                backup.unlink(missing_ok=True)
+        raise
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
 
 
 def _link_or_copy(source: Path, destination: Path) -> None:
