@@ -206,7 +206,7 @@ def export(src: str | os.PathLike[str], out: str | os.PathLike[str], *, release:
     """Write a stamped checkpoint as the plain state dict x-transformers `release` loads (strict=True)."""
     import torch
 
-    from xtf_core.checkpoint.atomic import atomic_file
+    from xtf_core.checkpoint.atomic import atomic_files
     from xtf_core.checkpoint.io import write_all
     from xtf_core.loading import load_state
 
@@ -223,11 +223,10 @@ def export(src: str | os.PathLike[str], out: str | os.PathLike[str], *, release:
 
     buffer = io.BytesIO()
     torch.save({k: v.contiguous() for k, v in tensors.items()}, buffer)
-    with atomic_file(out) as fd:
-        write_all(fd, buffer.getbuffer())
     config_path = out.with_name(out.name + ".config.json")
-    with atomic_file(config_path) as fd:
-        write_all(fd, (json.dumps(spec, indent=1, sort_keys=True) + "\n").encode())
+    with atomic_files(out, config_path) as (fd, config_fd):  # both files, or neither
+        write_all(fd, buffer.getbuffer())
+        write_all(config_fd, (json.dumps(spec, indent=1, sort_keys=True) + "\n").encode())
     return {
         "source": str(src),
         "from": str(info["stamp"]),
