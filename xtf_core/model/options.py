@@ -7,8 +7,9 @@ default value (which builds the same model, so old configs that spell out defaul
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import MISSING, fields
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from ..errors import SpecError, UnsupportedOptionError
 
@@ -230,14 +231,37 @@ def _is_neutral(option: str, value: Any) -> bool:
     return bool(default == value)
 
 
+def nearest(option: str, candidates: set[str] | frozenset[str] | list[str]) -> str | None:
+    """The supported name closest to `option` (difflib), if any is close enough to be a likely typo."""
+    matches = difflib.get_close_matches(option, sorted(candidates), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def refuse(owner: str, option: str, value: Any, supported: set[str] | frozenset[str] | list[str]) -> NoReturn:
+    """Raise `UnsupportedOptionError` for `option`, naming the nearest supported alternative if one exists."""
+    shown = "a module" if _is_module(value) else repr(value)
+    hint = nearest(option, supported)
+    advice = f"did you mean '{hint}'? " if hint else ""
+    kind = (
+        "module-valued options are not supported (a spec holds JSON data only)"
+        if _is_module(value) or callable(value)
+        else "not supported by the xtf core"
+    )
+    raise UnsupportedOptionError(
+        f"{owner}: option '{option}'={shown} is {kind}; {advice}remove it"
+        + (f" or use one of: {', '.join(sorted(supported))}" if supported else "")
+    )
+
+
+def _is_module(value: Any) -> bool:
+    return any(c.__name__ == "Module" and c.__module__.startswith("torch.nn") for c in type(value).__mro__)
+
+
 def unsupported(owner: str, option: str, value: Any, supported: set[str] | frozenset[str]) -> None:
     """Raise for `option` unless it is neutral at `value`."""
     if _is_neutral(option, value):
         return
-    raise UnsupportedOptionError(
-        f"{owner}: option '{option}'={value!r} is not supported by the xtf core; "
-        f"remove it or use one of: {', '.join(sorted(supported))}"
-    )
+    refuse(owner, option, value, supported)
 
 
 def split_prefixed(

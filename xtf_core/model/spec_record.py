@@ -19,8 +19,13 @@ def to_spec_value(owner: str, key: str, value: Any) -> Any:
         return [to_spec_value(owner, key, v) for v in value]
     if isinstance(value, dict):
         return {str(k): to_spec_value(owner, f"{key}.{k}", v) for k, v in value.items()}
-    if isinstance(value, nn.Module):
+    if isinstance(value, nn.Module) and key in ("attn_layers", "net", "encoder", "decoder"):
         raise SpecError(f"{owner}: '{key}' is a {type(value).__name__}, which is not an xtf core class")
+    if isinstance(value, nn.Module) or callable(value):
+        # a module or function cannot be written into a spec: the option is refused like any unsupported one
+        from .options import refuse
+
+        refuse(owner, key, value, [])
     raise SpecError(
         f"{owner}: '{key}'={value!r} cannot be stored in a spec (only JSON values and core modules)"
     )
