@@ -6,7 +6,14 @@ cd "$(dirname "$0")/.."
 VENV="${XTF_VENV:-.venv}"
 if [ ! -x "$VENV/bin/xtf" ]; then
     python3 -m venv "$VENV"
-    "$VENV/bin/python" -m pip install -q -c constraints.txt -e .
+    # set-up output (pip's and the build backend's notices) is shown only when the install fails
+    SETUP_LOG="$(mktemp)"
+    if ! "$VENV/bin/python" -m pip install -q -c constraints.txt -e . >"$SETUP_LOG" 2>&1; then
+        cat "$SETUP_LOG" >&2
+        rm -f "$SETUP_LOG"
+        exit 1
+    fi
+    rm -f "$SETUP_LOG"
 fi
 XTF="$VENV/bin/xtf"
 OUT="${1:-out/demo}"
@@ -19,7 +26,10 @@ echo "== 1. stamp the legacy checkpoint (x-transformers 1.26.0)"
 echo "== 2. what the file says about itself (header only)"
 "$XTF" inspect "$OUT/model-1.26.0.safetensors"
 echo "== 3. the plan, then the migration to the installed xtf"
-"$XTF" migrate "$OUT/model-1.26.0.safetensors" -o "$OUT/model.safetensors" --dry-run | head -n 8
+# the plan is captured whole, then cut: no pipe whose early close would race the writer under pipefail
+PLAN="$("$XTF" migrate "$OUT/model-1.26.0.safetensors" -o "$OUT/model.safetensors" --dry-run)"
+head -n 8 <<<"$PLAN"
+echo "  ... ($(wc -l <<<"$PLAN") lines in all)"
 "$XTF" migrate "$OUT/model-1.26.0.safetensors" -o "$OUT/model.safetensors"
 "$XTF" verify "$OUT/model.safetensors"
 echo "== 4. same outputs as x-transformers 1.26.0 gave (stored in the fixture corpus)"

@@ -7,7 +7,13 @@ if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-"$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[test]"
+# set-up output (pip's and the build backend's notices) is shown only when the install fails
+SETUP_LOG="$(mktemp)"
+trap 'rm -f "$SETUP_LOG"' EXIT
+if ! "$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[test]" >"$SETUP_LOG" 2>&1; then
+    cat "$SETUP_LOG" >&2
+    exit 1
+fi
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check .
 # XTF_RELEASE_TESTS=1: also re-run three real releases and check they reproduce the fixture corpus bit-exactly
