@@ -8,11 +8,12 @@ No torch here: these steps must be importable by header-only tools.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from xtf_core.errors import MigrationError
-from xtf_core.model.layer_plan import LAYER_OPTIONS, LayerOptions, layer_types_for
+
+from ._history import StackOptions, block_order, stack_options
 
 WRAPPERS = ("TransformerWrapper", "ContinuousTransformerWrapper")
 XT_WRAPPER_KEYS = (
@@ -80,29 +81,24 @@ class Stack:
         return self.spec["dim"] if self.option_prefix else self.get("dim")
 
     @property
-    def options(self) -> LayerOptions:
+    def options(self) -> StackOptions:
+        """The stack's options as the mapped releases read them (pinned in `_history`, not the live core)."""
         if self.node is not None:
-            raw = {k: v for k, v in self.node.items() if k in LAYER_OPTIONS}
+            raw = dict(self.node)
         else:
-            raw = {
-                k[len(self.option_prefix) :]: v
-                for k, v in self.spec.items()
-                if k.startswith(self.option_prefix) and k[len(self.option_prefix) :] in LAYER_OPTIONS
-            }
-            raw["dim"] = self.spec["dim"]
-            if self.option_prefix == "dec_":
+            p = self.option_prefix
+            raw = {k[len(p) :]: v for k, v in self.spec.items() if k.startswith(p)}
+            if p == "dec_":
                 raw["causal"], raw["cross_attend"] = True, True
         if self.node is not None and self.node.get("class") == "Decoder":
             raw["causal"] = True
         if self.node is not None and self.node.get("class") == "CrossAttender":
             raw["cross_attend"], raw["only_cross"] = True, True
-        if isinstance(raw.get("custom_layers"), list):
-            raw["custom_layers"] = tuple(raw["custom_layers"])
-        return LayerOptions(**raw)
+        return stack_options(raw)
 
     @property
     def layer_types(self) -> tuple[str, ...]:
-        return layer_types_for(self.options)
+        return block_order(self.options)
 
     @property
     def norm_kind(self) -> str:
@@ -164,6 +160,15 @@ def stacks(spec: dict[str, Any]) -> list[Stack]:
         ]
     if cls in ("Encoder", "Decoder", "CrossAttender", "AttentionLayers"):
         return [Stack(spec, "", None, None, node=spec)]
+    if isinstance(spec.get("net"), dict):  # a training wrapper: the wrapped model's tensors sit under `net.`
+        return [
+            replace(
+                inner,
+                layers=f"net.{inner.layers}",
+                wrapper=None if inner.wrapper is None else f"net.{inner.wrapper}",
+            )
+            for inner in stacks(spec["net"])
+        ]
     raise MigrationError(f"spec class {cls!r} is not an x-transformers model this chain knows")
 
 

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from .errors import VerificationError
 from .model.layers import AttentionLayers
+from .model.vit import ViTransformerWrapper
 from .model.wrappers import ContinuousTransformerWrapper, TransformerWrapper, XTransformer
 
 FINGERPRINT_VERSION = 1
@@ -43,6 +44,10 @@ def _context_kwargs(layers: AttentionLayers, gen: torch.Generator, dtype: torch.
 
 def _run(model: nn.Module) -> Tensor:
     """The fingerprint forward pass; the output is float64 on CPU."""
+    from .spec import TRAINING_WRAPPERS
+
+    if type(model).__name__ in TRAINING_WRAPPERS:
+        model = model.net  # a training wrapper computes the function of the model it wraps
     gen = torch.Generator().manual_seed(0)
     param = next(iter(model.parameters()), None)
     device = param.device if param is not None else torch.device("cpu")
@@ -77,6 +82,9 @@ def _run(model: nn.Module) -> Tensor:
             kwargs["mask"] = _padding_mask(n)
         kwargs |= _context_kwargs(layers, gen, dtype)
         out = model(**on_device(kwargs))
+    elif isinstance(model, ViTransformerWrapper):
+        shape = (BATCH, model.channels, model.image_size, model.image_size)
+        out = model(torch.randn(shape, generator=gen).to(dtype).to(device))
     elif isinstance(model, AttentionLayers):
         n = 8
         kwargs = {"x": torch.randn((BATCH, n, model.dim), generator=gen).to(dtype)}
@@ -86,6 +94,8 @@ def _run(model: nn.Module) -> Tensor:
         out = model(**on_device(kwargs))
     else:
         raise VerificationError(f"no fingerprint input is defined for {type(model).__name__}")
+    if isinstance(out, (tuple, list)):  # several output heads
+        out = torch.cat([t.flatten() for t in out])
     return out.detach().to("cpu", torch.float64)
 
 

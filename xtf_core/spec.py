@@ -15,14 +15,27 @@ from typing import Any
 from torch import nn
 
 from .errors import SpecError
+from .model.autoregressive import AutoregressiveWrapper
+from .model.continuous_autoregressive import ContinuousAutoregressiveWrapper
 from .model.layers import AttentionLayers, CrossAttender, Decoder, Encoder
+from .model.nonautoregressive import NonAutoregressiveWrapper
 from .model.spec_record import SpecRecorder
+from .model.vit import ViTransformerWrapper
 from .model.wrappers import ContinuousTransformerWrapper, TransformerWrapper, XTransformer
+from .model.xl_autoregressive import XLAutoregressiveWrapper
 
 MODEL_CLASSES: dict[str, type[nn.Module]] = {
     "TransformerWrapper": TransformerWrapper,
     "ContinuousTransformerWrapper": ContinuousTransformerWrapper,
     "XTransformer": XTransformer,
+    "ViTransformerWrapper": ViTransformerWrapper,
+}
+# Training wrappers: their spec nests the wrapped model under "net" (its own spec, built first).
+TRAINING_WRAPPERS: dict[str, tuple[type[nn.Module], tuple[str, ...]]] = {
+    "AutoregressiveWrapper": (AutoregressiveWrapper, ("TransformerWrapper",)),
+    "XLAutoregressiveWrapper": (XLAutoregressiveWrapper, ("TransformerWrapper",)),
+    "NonAutoregressiveWrapper": (NonAutoregressiveWrapper, ("TransformerWrapper",)),
+    "ContinuousAutoregressiveWrapper": (ContinuousAutoregressiveWrapper, ("ContinuousTransformerWrapper",)),
 }
 LAYER_CLASSES: dict[str, type[nn.Module]] = {
     "Encoder": Encoder,
@@ -30,7 +43,11 @@ LAYER_CLASSES: dict[str, type[nn.Module]] = {
     "CrossAttender": CrossAttender,
     "AttentionLayers": AttentionLayers,
 }
-ALLOWED_CLASSES = {**MODEL_CLASSES, **LAYER_CLASSES}
+ALLOWED_CLASSES = {
+    **MODEL_CLASSES,
+    **LAYER_CLASSES,
+    **{name: cls for name, (cls, _) in TRAINING_WRAPPERS.items()},
+}
 
 
 def _build_node(spec: Any, where: str, allowed: Mapping[str, type[nn.Module]]) -> nn.Module:
@@ -48,11 +65,22 @@ def _build_node(spec: Any, where: str, allowed: Mapping[str, type[nn.Module]]) -
         if key == "class":
             continue
         if isinstance(value, Mapping) and "class" in value:
-            if key != "attn_layers":
-                raise SpecError(f"spec at {where}.{key}: only 'attn_layers' may hold a nested model")
-            kwargs[key] = _build_node(value, f"{where}.{key}", LAYER_CLASSES)
+            if key == "attn_layers":
+                kwargs[key] = _build_node(value, f"{where}.{key}", LAYER_CLASSES)
+            elif key == "net" and name in TRAINING_WRAPPERS:
+                inner = {n: MODEL_CLASSES[n] for n in TRAINING_WRAPPERS[name][1]}
+                kwargs[key] = _build_node(value, f"{where}.{key}", inner)
+            else:
+                raise SpecError(
+                    f"spec at {where}.{key}: only 'attn_layers' (and 'net' of a training wrapper) may hold a nested model"
+                )
         else:
             kwargs[key] = value
+    if name in TRAINING_WRAPPERS:
+        if "net" not in kwargs:
+            raise SpecError(f"spec at {where}: a {name} needs its wrapped model under 'net'")
+        net = kwargs.pop("net")
+        return allowed[name](net, **kwargs)
     return allowed[name](**kwargs)
 
 
