@@ -2,9 +2,54 @@
 
 from __future__ import annotations
 
+import reprlib
+
+MAX_ECHO_CHARS = 200
+MAX_MESSAGE_CHARS = 4000
+
+
+def bounded(value: object, limit: int = MAX_ECHO_CHARS) -> str:
+    """`repr(value)` for an error message, cut to about `limit` characters.
+
+    Use it wherever a message echoes data from a file or an argument (tensor names, class names, shapes,
+    option values, keys): a cut value keeps its head, then `…` and its full size, so a 4 MiB name or a
+    10,000-dimensional shape still gives a short one-line error. Never builds the whole repr of a huge value.
+    """
+    if isinstance(value, (str, bytes)):
+        text = repr(value[: limit + 2])
+        if len(value) <= limit and len(text) <= limit + 2:
+            return text
+        return f"{text[:limit]}… ({len(value)} {'characters' if isinstance(value, str) else 'bytes'})"
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 3 * limit:
+        return f"<an integer of {value.bit_length()} bits>"
+    text = _REPR.repr(value)
+    if len(text) <= limit:
+        return text
+    size = (
+        f"{len(value)} items" if isinstance(value, (list, tuple, dict, set)) else f"{len(text)}+ characters"
+    )
+    return f"{text[:limit]}… ({size})"
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel = 4
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 40
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = MAX_ECHO_CHARS
+
 
 class XtfError(Exception):
-    """Base class: every message names the file, tensor or option at fault, and the fix."""
+    """Base class: every message names the file, tensor or option at fault, and the fix.
+
+    A message is one line of at most MAX_MESSAGE_CHARS characters: a longer one keeps its head and tail
+    around a marker, so whatever a raise site echoes, the CLI's `error:` line stays bounded.
+    """
+
+    def __init__(self, *args: object) -> None:
+        if len(args) == 1 and isinstance(args[0], str) and len(args[0]) > MAX_MESSAGE_CHARS:
+            text = args[0]
+            keep = MAX_MESSAGE_CHARS // 2
+            args = (f"{text[:keep]} …[{len(text) - 2 * keep} characters cut]… {text[-keep:]}",)
+        super().__init__(*args)
 
 
 class CheckpointFormatError(XtfError):

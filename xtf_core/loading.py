@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,19 +18,32 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoint.atomic import atomic_file
-from .checkpoint.header import CheckpointHeaders, encode_header, read_checkpoint_headers
+from .checkpoint.header import (
+    CheckpointHeaders,
+    Header,
+    encode_header,
+    open_regular,
+    read_checkpoint_headers,
+)
 from .checkpoint.io import dtype_code, read_range, tensor_bytes, tensor_from_bytes, write_all
 from .checkpoint.stamp import (
     KEY_FINGERPRINT,
     Stamp,
     canonical_json,
     current_stamp,
-    read_spec,
-    read_stamp,
+    read_checkpoint_stamp,
     read_tied,
     stamped_metadata,
 )
-from .errors import CheckpointFormatError, IrreversibleStepError, StateDictMismatchError, VersionError
+from .errors import (
+    CheckpointFormatError,
+    IrreversibleStepError,
+    SpecError,
+    StateDictMismatchError,
+    VersionError,
+    XtfError,
+    bounded,
+)
 from .fingerprint import compute_fingerprint
 from .spec import build, spec_of
 
@@ -87,7 +101,7 @@ def read_tensors(headers: CheckpointHeaders, hasher: Any | None = None) -> dict[
     """Every tensor of a checkpoint, read in file order; `hasher` (single files) sees every byte once."""
     tensors: dict[str, Tensor] = {}
     for header in headers.shards.values():
-        fd = os.open(header.path, os.O_RDONLY)
+        fd = open_source(header)
         try:
             position = 0
             if hasher is not None:
@@ -111,6 +125,17 @@ def read_tensors(headers: CheckpointHeaders, hasher: Any | None = None) -> dict[
     return tensors
 
 
+def open_source(header: Header) -> int:
+    """A read descriptor for the file `header` came from: still a regular file, still the same size."""
+    fd, size = open_regular(header.path)
+    if size != header.file_size:
+        os.close(fd)
+        raise CheckpointFormatError(
+            f"{header.path}: the file changed size since its header was read ({header.file_size} -> {size} bytes)"
+        )
+    return fd
+
+
 def load_state(
     path: str | os.PathLike[str], *, hasher: Any | None = None, target: Stamp | str | None = None
 ) -> tuple[dict[str, Tensor], dict[str, Any], dict[str, Any]]:
@@ -121,8 +146,7 @@ def load_state(
     headers = read_checkpoint_headers(path)
     where = str(headers.path)
     metadata = headers.metadata
-    stamp = read_stamp(metadata, where)
-    spec = read_spec(metadata, where)
+    stamp, spec = read_checkpoint_stamp(headers)
     tied = read_tied(metadata, where)
     target_stamp = Stamp.coerce(target) if target is not None else current_stamp()
     if stamp != target_stamp:
@@ -136,7 +160,7 @@ def load_state(
     for dropped, kept in tied.items():
         if kept not in tensors:
             raise CheckpointFormatError(
-                f"{where}: xtf.tied maps {dropped!r} to {kept!r}, which the file lacks"
+                f"{where}: xtf.tied maps {bounded(dropped)} to {bounded(kept)}, which the file lacks"
             )
         tensors[dropped] = tensors[kept]
     applied: list[dict[str, Any]] = []
@@ -157,31 +181,106 @@ def check_state(model: nn.Module, tensors: Mapping[str, Tensor], where: str) -> 
         parts = []
         if missing:
             parts.append(
-                f"missing {missing[0]!r}" + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else "")
+                f"missing {bounded(missing[0])}"
+                + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else "")
             )
         if unexpected:
             parts.append(
-                f"unexpected {unexpected[0]!r}"
+                f"unexpected {bounded(unexpected[0])}"
                 + (f" (+{len(unexpected) - 1} more)" if len(unexpected) > 1 else "")
             )
         raise StateDictMismatchError(f"{where}: tensors do not match the spec: {'; '.join(parts)}")
     for name in sorted(expected):
         if tuple(expected[name].shape) != tuple(tensors[name].shape):
             raise StateDictMismatchError(
-                f"{where}: tensor {name!r} has shape {tuple(tensors[name].shape)}, the spec builds "
+                f"{where}: tensor {bounded(name)} has shape {tuple(tensors[name].shape)}, the spec builds "
                 f"{tuple(expected[name].shape)}; the spec (dim, heads, depth, ...) does not describe this file"
             )
 
 
+SIZE_OPTIONS = frozenset(
+    ("dim", "num_tokens", "heads", "kv_heads", "dim_head", "value_dim_head", "dim_in", "dim_out")
+)
+DEPTH_OPTIONS = frozenset(("depth",))
+_OPTION_PREFIXES = ("enc_", "dec_", "cross_attn_", "attn_")
+_LAYER_BLOCK = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+def _option_base(key: str) -> str:
+    """`enc_attn_dim_head` -> `dim_head`: the option a prefixed spec key routes to."""
+    for prefix in _OPTION_PREFIXES:
+        if key.startswith(prefix):
+            key = key[len(prefix) :]
+    return key
+
+
+def check_spec_fits(spec: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]], where: str) -> None:
+    """Refuse a spec whose sizes the tensors cannot justify, before anything is built from it.
+
+    A stack's `depth` (also `enc_depth`, `dec_depth`) or `custom_layers` cannot exceed the number of layer
+    blocks (`layers.{i}.`) among the tensor names, since every block holds at least one tensor; a size
+    (`dim`, `num_tokens`, `heads`, `dim_head`, `dim_in`, `dim_out`, also prefixed) cannot exceed the largest
+    dimension of any tensor. So `depth: 1000000` or `num_tokens: 10**12` is one error, not a long build.
+    """
+    blocks = set()
+    for name in shapes:
+        for match in _LAYER_BLOCK.finditer(name):
+            blocks.add(name[: match.end()])
+    largest = max((size for shape in shapes.values() for size in shape), default=0)
+    stack: list[tuple[str, Any]] = [("spec", spec)]
+    while stack:
+        path, node = stack.pop()
+        if isinstance(node, list):
+            stack.extend((f"{path}[{i}]", item) for i, item in enumerate(node))
+            continue
+        if not isinstance(node, Mapping):
+            continue
+        for key, value in node.items():
+            here = f"{path}.{key}"
+            if isinstance(value, (Mapping, list)):
+                stack.append((here, value))
+            base = _option_base(str(key))
+            if base == "custom_layers" and isinstance(value, list) and len(value) > len(blocks):
+                raise StateDictMismatchError(
+                    f"{where}: {here} lists {len(value)} layers but the file holds {len(blocks)} layer blocks; "
+                    "the spec does not describe this file"
+                )
+            if isinstance(value, bool) or not isinstance(value, int):
+                continue
+            if base in DEPTH_OPTIONS and "custom_layers" not in node and value > len(blocks):
+                raise StateDictMismatchError(
+                    f"{where}: {here}={bounded(value)} but the file holds {len(blocks)} layer blocks; "
+                    "the spec does not describe this file"
+                )
+            if base in SIZE_OPTIONS and value > largest:
+                raise StateDictMismatchError(
+                    f"{where}: {here}={bounded(value)} is larger than every tensor dimension in the file "
+                    f"(largest {largest}); the spec does not describe this file"
+                )
+
+
+def build_spec_on_meta(spec: Mapping[str, Any], where: str) -> nn.Module:
+    """`build(spec)` on the meta device; a constructor failing on odd values is a SpecError, not a traceback."""
+    try:
+        with torch.device("meta"):
+            return build(spec)
+    except XtfError:
+        raise
+    except (TypeError, ValueError, OverflowError, RuntimeError, MemoryError, RecursionError) as exc:
+        raise SpecError(
+            f"{where}: the spec cannot be built ({type(exc).__name__}: {bounded(str(exc))})"
+        ) from exc
+
+
 def build_with_state(spec: Mapping[str, Any], tensors: Mapping[str, Tensor], where: str) -> nn.Module:
-    """Build on the meta device (no random init), then assign the tensors strictly."""
-    with torch.device("meta"):
-        model = build(spec)
+    """Check the spec against the tensors, build on the meta device (no random init), assign strictly."""
+    check_spec_fits(spec, {name: tuple(t.shape) for name, t in tensors.items()}, where)
+    model = build_spec_on_meta(spec, where)
     check_state(model, tensors, where)
     model.load_state_dict(dict(tensors), strict=True, assign=True)
     leftover = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if leftover:
-        raise StateDictMismatchError(f"{where}: {leftover[0]!r} was not set by the checkpoint")
+        raise StateDictMismatchError(f"{where}: {bounded(leftover[0])} was not set by the checkpoint")
     return model.eval()
 
 

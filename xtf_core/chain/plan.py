@@ -24,8 +24,8 @@ from xtf_core.chain.tensors import (
     origin_shard,
 )
 from xtf_core.checkpoint.header import CheckpointHeaders, read_checkpoint_headers
-from xtf_core.checkpoint.stamp import Stamp, read_spec, read_stamp, read_tied, stamped_metadata
-from xtf_core.errors import CheckpointFormatError, MigrationError
+from xtf_core.checkpoint.stamp import Stamp, read_checkpoint_stamp, read_tied, stamped_metadata
+from xtf_core.errors import MigrationError
 
 MAX_LISTED_TENSORS = 40
 
@@ -163,17 +163,8 @@ def _mib(nbytes: int) -> str:
 
 
 def checkpoint_stamp(headers: CheckpointHeaders) -> tuple[Stamp, dict]:
-    """The stamp and spec of a checkpoint; every shard of a sharded one must carry the same stamp."""
-    where = str(headers.path)
-    stamp, spec = read_stamp(headers.metadata, where), read_spec(headers.metadata, where)
-    if headers.is_sharded:
-        for name, header in headers.shards.items():
-            if read_stamp(header.metadata, str(header.path)) != stamp:
-                raise CheckpointFormatError(
-                    f"{header.path}: shard stamp {read_stamp(header.metadata, name)} differs from the index's "
-                    f"{stamp}; the folder mixes shards of different checkpoints"
-                )
-    return stamp, spec
+    """The stamp and spec of a checkpoint, through the one shared reader (shards must agree)."""
+    return read_checkpoint_stamp(headers)
 
 
 def plan_file(

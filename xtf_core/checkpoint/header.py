@@ -10,16 +10,23 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import stat
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from xtf_core.errors import CheckpointFormatError
+from xtf_core.errors import CheckpointFormatError, XtfError, bounded
 
 INDEX_FILENAME = "model.safetensors.index.json"
 SINGLE_FILENAME = "model.safetensors"
-MAX_HEADER_BYTES = 100 * 1024 * 1024
+MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
+MAX_HEADER_DEPTH = 4  # object -> tensor entry -> shape list; anything deeper is not a safetensors header
+MAX_INDEX_BYTES = 64 * 1024 * 1024
+MAX_INDEX_DEPTH = 4
+MAX_RANK = 64
+MAX_JSON_INT_DIGITS = 24  # JSON integers longer than this are refused before Python converts them
 HEADER_ALIGNMENT = 8
 
 DTYPE_SIZES: dict[str, int] = {
@@ -126,35 +133,189 @@ class CheckpointHeaders:
         return sum(header.data_bytes for header in self.shards.values())
 
 
-def read_header(path: str | os.PathLike) -> Header:
-    """Read and validate the header of one safetensors file."""
-    path = Path(path)
+def open_regular(path: Path, what: str = "checkpoint file") -> tuple[int, int]:
+    """(fd, size) of `path` opened for reading, refusing anything but a regular file before it can block.
+
+    A FIFO, a character device such as /dev/zero, a socket or a folder is refused from its `stat`; the
+    open itself is non-blocking and the descriptor is checked again, so a file swapped in between cannot
+    hang the reader either.
+    """
     try:
-        file_size = path.stat().st_size
-        with open(path, "rb") as handle:
-            prefix = handle.read(8)
-            if len(prefix) < 8:
-                raise CheckpointFormatError(f"{path}: {file_size} bytes is too short for a safetensors file")
-            (header_size,) = struct.unpack("<Q", prefix)
-            if header_size > file_size - 8:
-                raise CheckpointFormatError(
-                    f"{path}: header size {header_size} is larger than the file ({file_size} bytes); "
-                    "the file is truncated or not safetensors"
-                )
-            if header_size > MAX_HEADER_BYTES:
-                raise CheckpointFormatError(
-                    f"{path}: header size {header_size} exceeds {MAX_HEADER_BYTES} bytes"
-                )
-            raw = handle.read(header_size)
+        kind = _file_kind(os.stat(path).st_mode)
+        if kind is not None:
+            raise CheckpointFormatError(f"{path}: the {what} is {kind}, not a regular file")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         raise CheckpointFormatError(f"{path}: cannot read ({exc.strerror or exc})") from exc
     try:
-        document = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointFormatError(f"{path}: header is not valid UTF-8 JSON ({exc})") from exc
+        info = os.fstat(fd)
+        kind = _file_kind(info.st_mode)
+        if kind is not None:
+            raise CheckpointFormatError(f"{path}: the {what} is {kind}, not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, info.st_size
+
+
+def _file_kind(mode: int) -> str | None:
+    """None for a regular file, else what the file is, in words."""
+    if stat.S_ISREG(mode):
+        return None
+    for test, kind in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def _pread_exactly(fd: int, nbytes: int, offset: int) -> bytes:
+    chunks, done = [], 0
+    while done < nbytes:
+        chunk = os.pread(fd, nbytes - done, offset + done)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        done += len(chunk)
+    return b"".join(chunks)
+
+
+def read_header(path: str | os.PathLike) -> Header:
+    """Read and validate the header of one safetensors file (rules: docs/checkpoint-format.md)."""
+    path = Path(path)
+    fd, file_size = open_regular(path)
+    try:
+        if file_size < 8:
+            raise CheckpointFormatError(f"{path}: {file_size} bytes is too short for a safetensors file")
+        (header_size,) = struct.unpack("<Q", _pread_exactly(fd, 8, 0))
+        if header_size > file_size - 8:
+            raise CheckpointFormatError(
+                f"{path}: header size {header_size} is larger than the file ({file_size} bytes); "
+                "the file is truncated or not safetensors"
+            )
+        if header_size > MAX_HEADER_BYTES:
+            raise CheckpointFormatError(f"{path}: header size {header_size} exceeds {MAX_HEADER_BYTES} bytes")
+        raw = _pread_exactly(fd, header_size, 8)
+    except OSError as exc:
+        raise CheckpointFormatError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    finally:
+        os.close(fd)
+    if len(raw) != header_size:
+        raise CheckpointFormatError(f"{path}: the file shrank while its header was read")
+    if not raw.startswith(b"{"):
+        raise CheckpointFormatError(
+            f"{path}: header is not a JSON object: it does not start with '{{' (the header size "
+            f"{header_size} is wrong, or the file is not safetensors)"
+        )
+    if not raw.rstrip(b" ").endswith(b"}"):
+        raise CheckpointFormatError(
+            f"{path}: header JSON of {header_size} bytes does not end with '}}' and space padding; the "
+            "header size is wrong or the header is corrupt"
+        )
+    document = strict_json(raw, f"{path}: header", max_bytes=MAX_HEADER_BYTES, max_depth=MAX_HEADER_DEPTH)
     data_start = 8 + header_size
     metadata, tensors = _parse_header_document(path, document, file_size - data_start)
     return Header(path=path, metadata=metadata, tensors=tensors, data_start=data_start, file_size=file_size)
+
+
+def strict_json(
+    raw: bytes | str,
+    what: str,
+    *,
+    max_bytes: int,
+    max_depth: int,
+    error: type[XtfError] = CheckpointFormatError,
+) -> object:
+    """Parse JSON that came from a file, refusing what a lenient parser would accept.
+
+    Refused: more than `max_bytes` bytes, nesting deeper than `max_depth` (checked before parsing, so a
+    document nested 100,000 levels deep is one error, not a RecursionError), invalid UTF-8, duplicate keys
+    in any object, the non-standard literals NaN/Infinity/-Infinity, numbers that overflow to infinity,
+    and integers of more than MAX_JSON_INT_DIGITS digits. `what` starts every message.
+    """
+    if len(raw) > max_bytes:
+        raise error(f"{what} is {len(raw)} bytes, more than the {max_bytes} allowed")
+    if isinstance(raw, bytes):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise error(f"{what} is not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
+    else:
+        text = raw
+    depth = _json_depth(text, max_depth)
+    if depth > max_depth:
+        raise error(f"{what} is nested deeper than {max_depth} levels")
+    try:
+        return json.loads(
+            text,
+            object_pairs_hook=_unique_object,
+            parse_constant=_refuse_constant,
+            parse_int=_bounded_int,
+            parse_float=_finite_float,
+        )
+    except _JsonRefusal as exc:
+        raise error(f"{what} is not strict JSON: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise error(f"{what} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    except (ValueError, RecursionError) as exc:
+        raise error(f"{what} is not valid JSON ({bounded(str(exc))})") from None
+
+
+class _JsonRefusal(ValueError):
+    """Raised by the strict parser's hooks; turned into the caller's error class."""
+
+
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_JSON_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+
+
+def _json_depth(text: str, limit: int) -> int:
+    """How deeply `text` nests arrays and objects, counting no further than `limit + 1`."""
+    if text.count("[") + text.count("{") <= limit:
+        return limit
+    brackets = _JSON_NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    depth = 0
+    for char in brackets:
+        if char in "[{":
+            depth += 1
+            if depth > limit:
+                return depth
+        else:
+            depth -= 1
+    return 0
+
+
+def _unique_object(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _JsonRefusal(f"key {bounded(key)} appears more than once in one object")
+            seen.add(key)
+    return result
+
+
+def _refuse_constant(name: str) -> object:
+    raise _JsonRefusal(f"{name} is not a JSON number")
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_JSON_INT_DIGITS:
+        raise _JsonRefusal(f"an integer of {len(text)} digits is too long")
+    return int(text)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _JsonRefusal(f"the number {bounded(text)} overflows to infinity")
+    return value
 
 
 def _parse_header_document(
@@ -162,50 +323,78 @@ def _parse_header_document(
 ) -> tuple[dict[str, str], dict[str, TensorEntry]]:
     if not isinstance(document, dict):
         raise CheckpointFormatError(f"{path}: header JSON must be an object")
-    metadata = document.get("__metadata__", {})
-    if not isinstance(metadata, dict) or not all(
-        isinstance(key, str) and isinstance(value, str) for key, value in metadata.items()
-    ):
-        raise CheckpointFormatError(f"{path}: __metadata__ must map strings to strings")
+    metadata = document.get("__metadata__")
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict) or not all(isinstance(value, str) for value in metadata.values()):
+        raise CheckpointFormatError(f"{path}: __metadata__ must map strings to strings (text values only)")
     entries = [_parse_entry(path, name, raw) for name, raw in document.items() if name != "__metadata__"]
     entries.sort(key=lambda entry: (entry.begin, entry.end))
     previous_end, previous_name = 0, None
     for entry in entries:
         if entry.end > data_size:
             raise CheckpointFormatError(
-                f"{path}: tensor {entry.name!r} data_offsets [{entry.begin}, {entry.end}] run past the "
+                f"{path}: tensor {bounded(entry.name)} data_offsets [{entry.begin}, {entry.end}] run past the "
                 f"data region ({data_size} bytes); the file is truncated or corrupt"
             )
         if entry.begin < previous_end:
             raise CheckpointFormatError(
-                f"{path}: tensor {entry.name!r} data overlaps tensor {previous_name!r}; the header is corrupt"
+                f"{path}: tensor {bounded(entry.name)} data overlaps tensor {bounded(previous_name)}; "
+                "the header is corrupt"
+            )
+        if entry.begin > previous_end:
+            after = f"after tensor {bounded(previous_name)}" if previous_name is not None else "at the start"
+            raise CheckpointFormatError(
+                f"{path}: {entry.begin - previous_end} bytes of the data region {after} belong to no "
+                f"tensor (tensor {bounded(entry.name)} starts at {entry.begin}); the header is corrupt"
             )
         previous_end, previous_name = entry.end, entry.name
+    if previous_end != data_size:
+        raise CheckpointFormatError(
+            f"{path}: {data_size - previous_end} trailing bytes after the last tensor's data belong to no "
+            "tensor; the file is corrupt or the header size is wrong"
+        )
     return dict(metadata), {entry.name: entry for entry in entries}
 
 
+_ENTRY_KEYS = frozenset(("dtype", "shape", "data_offsets"))
+
+
 def _parse_entry(path: Path, name: str, raw: object) -> TensorEntry:
-    where = f"{path}: tensor {name!r}"
-    if not isinstance(raw, dict):
-        raise CheckpointFormatError(f"{where}: entry must be an object with dtype, shape, data_offsets")
-    dtype = raw.get("dtype")
-    if dtype not in DTYPE_SIZES:
-        raise CheckpointFormatError(f"{where}: unknown dtype {dtype!r} (known: {', '.join(DTYPE_SIZES)})")
-    shape = raw.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(dim, int) and dim >= 0 for dim in shape):
-        raise CheckpointFormatError(f"{where}: shape must be a list of non-negative integers, got {shape!r}")
-    offsets = raw.get("data_offsets")
+    where = f"{path}: tensor {bounded(name)}"
+    if not isinstance(raw, dict) or set(raw) != _ENTRY_KEYS:
+        raise CheckpointFormatError(
+            f"{where}: entry must be an object with exactly dtype, shape, data_offsets"
+        )
+    dtype = raw["dtype"]
+    if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
+        raise CheckpointFormatError(
+            f"{where}: unknown dtype {bounded(dtype)} (known: {', '.join(DTYPE_SIZES)})"
+        )
+    shape = raw["shape"]
+    if (
+        not isinstance(shape, list)
+        or len(shape) > MAX_RANK
+        or not all(type(dim) is int and dim >= 0 for dim in shape)
+    ):
+        raise CheckpointFormatError(
+            f"{where}: shape must be a list of at most {MAX_RANK} non-negative integers, got {bounded(shape)}"
+        )
+    offsets = raw["data_offsets"]
     if (
         not isinstance(offsets, list)
         or len(offsets) != 2
-        or not all(isinstance(value, int) and value >= 0 for value in offsets)
+        or not all(type(value) is int and value >= 0 for value in offsets)
         or offsets[0] > offsets[1]
     ):
-        raise CheckpointFormatError(f"{where}: data_offsets must be [begin, end] with 0 <= begin <= end")
+        raise CheckpointFormatError(
+            f"{where}: data_offsets must be [begin, end] with 0 <= begin <= end, got {bounded(offsets)}"
+        )
     expected = math.prod(shape) * DTYPE_SIZES[dtype]
     if offsets[1] - offsets[0] != expected:
         raise CheckpointFormatError(
-            f"{where}: data_offsets span {offsets[1] - offsets[0]} bytes but {dtype}{shape} needs {expected}"
+            f"{where}: data_offsets span {offsets[1] - offsets[0]} bytes but {dtype}{bounded(shape)} needs "
+            f"{expected if expected < 10**30 else 'more than 10^30'}"
         )
     return TensorEntry(name=name, dtype=dtype, shape=tuple(shape), begin=offsets[0], end=offsets[1])
 
@@ -213,36 +402,57 @@ def _parse_entry(path: Path, name: str, raw: object) -> TensorEntry:
 def read_index(path: str | os.PathLike) -> ShardedIndex:
     """Read and validate a sharded checkpoint's index file (the shards themselves are not opened)."""
     path = Path(path)
+    fd, size = open_regular(path, "index file")
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
+        if size > MAX_INDEX_BYTES:
+            raise CheckpointFormatError(
+                f"{path}: index is {size} bytes, more than the {MAX_INDEX_BYTES} allowed"
+            )
+        raw = _pread_exactly(fd, size, 0)
     except OSError as exc:
         raise CheckpointFormatError(f"{path}: cannot read ({exc.strerror or exc})") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointFormatError(f"{path}: index is not valid UTF-8 JSON ({exc})") from exc
+    finally:
+        os.close(fd)
+    document = strict_json(raw, f"{path}: index", max_bytes=MAX_INDEX_BYTES, max_depth=MAX_INDEX_DEPTH)
     if not isinstance(document, dict):
         raise CheckpointFormatError(f"{path}: index must be a JSON object with metadata and weight_map")
     metadata = document.get("metadata", {})
     weight_map = document.get("weight_map")
-    if not isinstance(metadata, dict):
-        raise CheckpointFormatError(f"{path}: index metadata must be an object")
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict) or not all(
+        value is None or isinstance(value, (str, int, float)) for value in metadata.values()
+    ):
+        raise CheckpointFormatError(f"{path}: index metadata must be an object of plain values (no nesting)")
+    odd = [key for key, value in metadata.items() if key.startswith("xtf.") and not isinstance(value, str)]
+    if odd:
+        raise CheckpointFormatError(f"{path}: index metadata {bounded(odd[0])} must be a string")
     if (
         not isinstance(weight_map, dict)
         or not weight_map
-        or not all(isinstance(key, str) and isinstance(value, str) for key, value in weight_map.items())
+        or not all(isinstance(value, str) for value in weight_map.values())
     ):
         raise CheckpointFormatError(f"{path}: index weight_map must map tensor names to shard file names")
     for shard in set(weight_map.values()):
-        if Path(shard).name != shard or shard in ("", ".", ".."):
-            raise CheckpointFormatError(f"{path}: shard {shard!r} must be a file name in the index's folder")
+        if Path(shard).name != shard or shard in ("", ".", "..") or len(shard) > 255 or "\0" in shard:
+            raise CheckpointFormatError(
+                f"{path}: shard {bounded(shard)} must be a file name in the index's folder"
+            )
+        if shard == path.name:
+            raise CheckpointFormatError(f"{path}: the index names itself as a shard")
     return ShardedIndex(path=path, metadata=dict(metadata), weight_map=dict(weight_map))
 
 
 def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
-    """The file to open for `path`: a .safetensors file, an index file, or a folder holding either."""
+    """The file to open for `path`: a .safetensors file, an index file, or a folder holding either.
+
+    Only `stat` is used here; whatever is returned is opened by `open_regular`, which refuses anything that
+    is not a regular file.
+    """
     path = Path(path)
     if path.is_dir():
         for candidate in (path / INDEX_FILENAME, path / SINGLE_FILENAME):
-            if candidate.is_file():
+            if candidate.exists():
                 return candidate
         raise CheckpointFormatError(f"{path}: folder holds neither {INDEX_FILENAME} nor {SINGLE_FILENAME}")
     if not path.exists():
@@ -255,7 +465,13 @@ def is_index_path(path: Path) -> bool:
 
 
 def read_checkpoint_headers(path: str | os.PathLike) -> CheckpointHeaders:
-    """Open a checkpoint's headers: one file, or every shard named by an index (checked against it)."""
+    """Open a checkpoint's headers: one file, or every shard named by an index (checked against it).
+
+    A sharded folder whose shards carry different stamps (or one that differs from the index's) is refused
+    here, so every reader of a checkpoint refuses it the same way.
+    """
+    from xtf_core.checkpoint.stamp import check_shard_stamps
+
     path = resolve_checkpoint_path(path)
     if not is_index_path(path):
         header = read_header(path)
@@ -265,16 +481,21 @@ def read_checkpoint_headers(path: str | os.PathLike) -> CheckpointHeaders:
     problems = []
     for tensor, shard in index.weight_map.items():
         if tensor not in shards[shard].tensors:
-            problems.append(f"{tensor!r} is mapped to {shard} but that shard lacks it")
+            problems.append(f"{bounded(tensor)} is mapped to {bounded(shard)} but that shard lacks it")
     for shard, header in shards.items():
         problems += [
-            f"{tensor!r} in {shard} is not in weight_map"
+            f"{bounded(tensor)} in {bounded(shard)} is not in weight_map"
             for tensor in header.tensors
             if index.weight_map.get(tensor) != shard
         ]
     if problems:
-        raise CheckpointFormatError(f"{path}: index disagrees with its shards: " + "; ".join(problems))
-    return CheckpointHeaders(path=path, shards=shards, index=index)
+        more = f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise CheckpointFormatError(
+            f"{path}: index disagrees with its shards: " + "; ".join(problems[:5]) + more
+        )
+    headers = CheckpointHeaders(path=path, shards=shards, index=index)
+    check_shard_stamps(headers)
+    return headers
 
 
 def encode_header(entries: Iterable[tuple[str, str, tuple[int, ...]]], metadata: Mapping[str, str]) -> bytes:
@@ -287,7 +508,7 @@ def encode_header(entries: Iterable[tuple[str, str, tuple[int, ...]]], metadata:
     offset = 0
     for name, dtype, shape in entries:
         if name in document:
-            raise CheckpointFormatError(f"tensor name {name!r} appears twice in one file")
+            raise CheckpointFormatError(f"tensor name {bounded(name)} appears twice in one file")
         nbytes = math.prod(shape) * DTYPE_SIZES[dtype]
         document[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
         offset += nbytes

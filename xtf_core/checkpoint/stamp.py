@@ -7,14 +7,19 @@ release, so converted legacy checkpoints sit at the old end of one ordered line.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from packaging.version import InvalidVersion, Version
 
-from xtf_core.errors import CheckpointFormatError, VersionError
+from xtf_core.errors import CheckpointFormatError, VersionError, bounded
+
+if TYPE_CHECKING:
+    from xtf_core.checkpoint.header import CheckpointHeaders
 
 LINEAGES = ("x-transformers", "xtf")
 DEFAULT_LINEAGE = "xtf"
@@ -30,6 +35,14 @@ KEY_FINGERPRINT = "xtf.fingerprint"
 KEY_MIGRATIONS = "xtf.migrations"
 KEY_ORIGIN = "xtf.origin"
 
+MAX_VERSION_CHARS = 64
+MAX_SPEC_BYTES = 1024 * 1024
+MAX_SPEC_DEPTH = 32
+MAX_SPEC_INT = 2**53  # no size, count or seed in a spec is larger; bigger ints cannot come from a real model
+MAX_CLASS_CHARS = 100
+MAX_METADATA_JSON_BYTES = 16 * 1024 * 1024
+MAX_METADATA_JSON_DEPTH = 32
+
 
 @functools.total_ordering
 @dataclass(frozen=True, eq=False)
@@ -41,12 +54,18 @@ class Stamp:
 
     def __post_init__(self) -> None:
         if self.lineage not in LINEAGES:
-            raise VersionError(f"unknown lineage {self.lineage!r} in stamp; known: {', '.join(LINEAGES)}")
+            raise VersionError(
+                f"unknown lineage {bounded(self.lineage)} in stamp; known: {', '.join(LINEAGES)}"
+            )
+        if not isinstance(self.version, str) or len(self.version) > MAX_VERSION_CHARS:
+            raise VersionError(
+                f"{bounded(self.version)} is not a PEP 440 version of the {self.lineage} lineage"
+            )
         try:
             normalised = str(Version(self.version))
         except InvalidVersion as exc:
             raise VersionError(
-                f"{self.version!r} is not a PEP 440 version (stamp {self.lineage}=={self.version})"
+                f"{bounded(self.version)} is not a PEP 440 version (stamp {self.lineage}=={bounded(self.version)})"
             ) from exc
         object.__setattr__(self, "version", normalised)
 
@@ -107,7 +126,7 @@ def read_stamp(metadata: Mapping[str, str], where: str) -> Stamp:
     stamp_format = metadata.get(KEY_STAMP_FORMAT, STAMP_FORMAT)
     if stamp_format != STAMP_FORMAT:
         raise CheckpointFormatError(
-            f"{where}: {KEY_STAMP_FORMAT}={stamp_format!r} is a stamp format this xtf does not know "
+            f"{where}: {KEY_STAMP_FORMAT}={bounded(stamp_format)} is a stamp format this xtf does not know "
             f"(it reads {STAMP_FORMAT!r}); upgrade xtf"
         )
     if KEY_VERSION not in metadata:
@@ -122,15 +141,98 @@ def read_stamp(metadata: Mapping[str, str], where: str) -> Stamp:
 
 
 def read_spec(metadata: Mapping[str, str], where: str) -> dict:
-    """The architecture spec: a JSON object with a string "class"."""
+    """The architecture spec: a JSON object with a string "class", bounded in size, depth and values.
+
+    Strict JSON (no duplicate keys, no NaN), at most MAX_SPEC_BYTES and MAX_SPEC_DEPTH levels; every
+    "class" a short string; every integer within MAX_SPEC_INT. Whether the sizes fit the file's tensors is
+    checked before a model is built (`xtf_core.loading.check_spec_fits`).
+    """
     if KEY_SPEC not in metadata:
         raise CheckpointFormatError(
             f"{where}: no {KEY_SPEC} in metadata; the file does not say what it builds"
         )
-    spec = _read_json(metadata, KEY_SPEC, where)
+    spec = _read_json(metadata, KEY_SPEC, where, max_bytes=MAX_SPEC_BYTES, max_depth=MAX_SPEC_DEPTH)
     if not isinstance(spec, dict) or not isinstance(spec.get("class"), str):
         raise CheckpointFormatError(f'{where}: {KEY_SPEC} must be a JSON object with a string "class"')
+    _check_spec_values(spec, where)
     return spec
+
+
+def _check_spec_values(spec: dict, where: str) -> None:
+    """Every class name short, every integer bounded (walked without recursion)."""
+    stack: list[tuple[str, object]] = [("spec", spec)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, dict):
+            name = value.get("class")
+            if name is not None and (not isinstance(name, str) or len(name) > MAX_CLASS_CHARS):
+                raise CheckpointFormatError(
+                    f"{where}: {KEY_SPEC} at {path}: {bounded(name)} is not a class name"
+                )
+            stack.extend((f"{path}.{bounded(key, 40)}", item) for key, item in value.items())
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", item) for i, item in enumerate(value))
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_SPEC_INT:
+            raise CheckpointFormatError(
+                f"{where}: {KEY_SPEC} at {path} is {bounded(value)}, beyond any real model (limit 2**53)"
+            )
+
+
+def check_shard_stamps(headers: CheckpointHeaders) -> None:
+    """A sharded checkpoint's index and every shard must carry the same stamp (or all none).
+
+    Called by `read_checkpoint_headers`, so every verb and `load` refuse a folder mixing shards of
+    different checkpoints the same way.
+    """
+    if headers.index is None:
+        return
+    where = str(headers.path)
+    seen: dict[object, list[str]] = {}
+    index_metadata = {k: v for k, v in headers.index.metadata.items() if isinstance(v, str)}
+    for name, metadata in [(headers.path.name, index_metadata)] + [
+        (name, header.metadata) for name, header in headers.shards.items()
+    ]:
+        seen.setdefault(_stamp_identity(metadata), []).append(name)
+    if len(seen) > 1:
+        parts = [
+            f"{_describe_identity(identity)} in {', '.join(bounded(n, 80) for n in names[:3])}"
+            + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
+            for identity, names in list(seen.items())[:4]
+        ]
+        raise CheckpointFormatError(
+            f"{where}: shards carry different stamps ({'; '.join(parts)}); the folder mixes shards of "
+            "different checkpoints"
+        )
+
+
+def _stamp_identity(metadata: Mapping[str, str]) -> object:
+    """What must agree between shards: stamp format, lineage and (normalised) version; None if unstamped."""
+    if not is_stamped(metadata):
+        return None
+    version = metadata.get(KEY_VERSION)
+    if isinstance(version, str) and len(version) <= MAX_VERSION_CHARS:
+        with contextlib.suppress(InvalidVersion):
+            version = str(Version(version))
+    return (
+        metadata.get(KEY_STAMP_FORMAT, STAMP_FORMAT),
+        metadata.get(KEY_LINEAGE, DEFAULT_LINEAGE),
+        version,
+    )
+
+
+def _describe_identity(identity: object) -> str:
+    if identity is None:
+        return "no stamp"
+    _, lineage, version = identity  # type: ignore[misc]
+    return f"{bounded(lineage, 40)}=={bounded(version, 40) if version is not None else '(no version)'}"
+
+
+def read_checkpoint_stamp(headers: CheckpointHeaders) -> tuple[Stamp, dict]:
+    """The stamp and spec of a checkpoint (one file or a sharded folder): the one reader every verb and
+    `load` use. Shards were already checked to agree with the index by `read_checkpoint_headers`."""
+    check_shard_stamps(headers)
+    where = str(headers.path)
+    return read_stamp(headers.metadata, where), read_spec(headers.metadata, where)
 
 
 def read_migrations(metadata: Mapping[str, str], where: str) -> list[dict]:
@@ -154,13 +256,23 @@ def read_tied(metadata: Mapping[str, str], where: str) -> dict[str, str]:
     return tied
 
 
-def _read_json(metadata: Mapping[str, str], key: str, where: str, default: object = None) -> object:
+def _read_json(
+    metadata: Mapping[str, str],
+    key: str,
+    where: str,
+    default: object = None,
+    *,
+    max_bytes: int = MAX_METADATA_JSON_BYTES,
+    max_depth: int = MAX_METADATA_JSON_DEPTH,
+) -> object:
+    from xtf_core.checkpoint.header import strict_json
+
     if key not in metadata:
         return default
-    try:
-        return json.loads(metadata[key])
-    except json.JSONDecodeError as exc:
-        raise CheckpointFormatError(f"{where}: {key} is not valid JSON ({exc})") from exc
+    value = metadata[key]
+    if not isinstance(value, str):
+        raise CheckpointFormatError(f"{where}: {key} must be a JSON string")
+    return strict_json(value, f"{where}: {key}", max_bytes=max_bytes, max_depth=max_depth)
 
 
 def stamped_metadata(
