@@ -70,13 +70,13 @@ def _xt(**kw: Any) -> dict[str, Any]:
 
 UNSUPPORTED = [
     ("macaron", _tw(_layers(macaron=True))),
-    ("attn_num_mem_kv", _tw(_layers(attn_num_mem_kv=2))),
+    ("attn_flash_pack_seq", _tw(_layers(attn_flash_pack_seq=True))),
     ("ff_post_act_ln", _tw(_layers(ff_post_act_ln=True))),
     ("attn_talking_heads", _layers("Encoder", attn_talking_heads=True)),
-    ("cross_attn_num_mem_kv", _layers(cross_attend=True, cross_attn_num_mem_kv=1)),
+    ("cross_attn_use_cope", _layers(cross_attend=True, cross_attn_use_cope=True)),
     ("use_layerscale", _layers(use_layerscale=True)),
     ("shift_tokens", _layers(shift_tokens=1)),
-    ("attn_sparse_topk", _layers(attn_sparse_topk=2)),
+    ("attn_qkv_receive_diff_residuals", _layers(attn_qkv_receive_diff_residuals=True)),
     ("ff_solu", _layers(ff_solu=True)),
     ("not_an_option", _layers(not_an_option=1)),
     ("attn_not_an_option", _layers(attn_not_an_option=1)),
@@ -86,7 +86,7 @@ UNSUPPORTED = [
     ("probabilistic", _ctw(probabilistic=True)),
     ("bar", _ctw(bar=None)),
     ("macaron", _xt(enc_macaron=True)),
-    ("attn_num_mem_kv", _xt(dec_attn_num_mem_kv=4)),
+    ("attn_flash_pack_seq", _xt(dec_attn_flash_pack_seq=True)),
     ("baz", _xt(baz=3)),
     ("num_residual_streams", _layers(num_residual_streams=4)),
     ("macaron", _layers(macaron=0)),  # a flag given as a number is not its neutral default

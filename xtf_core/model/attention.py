@@ -1,4 +1,9 @@
-"""Multi-head attention with x-transformers' parameter layout (`to_q`, `to_k`, `to_v`, `to_out`, `to_v_gate`)."""
+"""Multi-head attention with x-transformers' parameter layout (`to_q`, `to_k`, `to_v`, `to_out`, `to_v_gate`,
+`mem_k`/`mem_v`, `attend.*`, ...).
+
+A model that sets none of the optional features runs the plain path: projections, optional qk-norm and
+rotary, then `F.scaled_dot_product_attention` (see `attend.py`). Each option adds only its own step.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +11,65 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attend import AttentionIntermediates, attend
+from ..errors import UnsupportedOptionError
+from .attend import Attend, AttentionIntermediates
 from .positions import AlibiPositionalBias, RelativePositionBias, apply_rotary
 
 
 def _l2norm(t: Tensor, groups: int) -> Tensor:
     t = t.unflatten(-1, (groups, -1))
     return F.normalize(t, p=2, dim=-1).flatten(-2)
+
+
+class MultiheadRMSNorm(nn.Module):
+    """RMS norm over the last dim of `[b, h, n, d]` with a per-head gain stored as an offset from 1 (`gamma`)."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.scale = dim**0.5
+        self.gamma = nn.Parameter(torch.zeros(heads, 1, dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(x, dim=-1) * self.scale * (self.gamma + 1.0)
+
+
+class LowRankGate(nn.Module):
+    """`up(act(down(x)))`: the low-rank gate projection (`down`, `up`) of x-transformers' gated attention."""
+
+    def __init__(self, dim_in: int, dim_out: int, rank: int, silu: bool) -> None:
+        super().__init__()
+        if not (rank < dim_in or rank < dim_out):
+            raise UnsupportedOptionError(
+                f"gate rank {rank} must be below the gate's input ({dim_in}) or output ({dim_out}) dimension"
+            )
+        self.down = nn.Linear(dim_in, rank, bias=False)
+        self.up = nn.Linear(rank, dim_out, bias=False)
+        nn.init.zeros_(self.up.weight)
+        self.silu = silu
+
+    def forward(self, x: Tensor) -> Tensor:
+        hidden = self.down(x)
+        return self.up(F.silu(hidden) if self.silu else hidden)
+
+
+def _gate(dim_in: int, dim_out: int, rank: int | None, silu: bool, bias: bool = False) -> nn.Module:
+    # a full-rank gate keeps torch's default init (as xtf always had); x-transformers zero-inits it
+    return nn.Linear(dim_in, dim_out, bias=bias) if rank is None else LowRankGate(dim_in, dim_out, rank, silu)
+
+
+def _orthogonal_part(x: Tensor, y: Tensor) -> Tensor:
+    """The part of `x` orthogonal to `y`, each flattened per batch element (computed in float64)."""
+    shape, dtype = x.shape, x.dtype
+    flat_x, flat_y = x.reshape(shape[0], -1), y.reshape(shape[0], -1)
+    if x.device.type != "mps":
+        flat_x, flat_y = flat_x.double(), flat_y.double()
+    unit = F.normalize(flat_y, dim=-1)
+    orthog = flat_x - (flat_x * unit).sum(dim=-1, keepdim=True) * unit
+    return orthog.reshape(shape).to(dtype)
+
+
+def _refuse(message: str) -> None:
+    raise UnsupportedOptionError(message)
 
 
 class Attention(nn.Module):
@@ -30,11 +87,58 @@ class Attention(nn.Module):
         qk_norm_groups: int = 1,
         qk_norm_scale: float = 10,
         qk_norm_dim_scale: bool = False,
+        qk_rmsnorm: bool = False,
+        k_rmsnorm: bool = False,
+        value_rmsnorm: bool = False,
         gate_values: bool = False,
         gate_values_bias: bool = False,
+        gate_values_rank: int | None = None,
+        gate_values_headwise: bool = False,
+        swiglu_values: bool = False,
+        output_gate: bool = False,
+        output_gate_rank: int | None = None,
+        output_gate_headwise: bool = False,
+        low_rank_silu_gates: bool = True,
+        gate_value_heads: bool = False,
         rotate_values: bool = False,
+        rotate_num_heads: int | None = None,
         flash: bool = False,
         dropout: float = 0.0,
+        sublayer_dropout: float = 0.0,
+        num_mem_kv: int = 0,
+        on_attn: bool = False,
+        head_scale: bool = False,
+        max_attend_past: int | None = None,
+        value_dim_head: int | None = None,
+        dim_out: int | None = None,
+        project_out: bool | None = None,
+        zero_init_output: bool = False,
+        output_proj_depth: int | None = None,
+        learned_value_residual_mix: bool = False,
+        orthog_projected_values: bool = False,
+        orthog_projected_values_per_head: bool = False,
+        laser: bool = False,
+        laser_softclamp_value: float = 15.0,
+        onnxable: bool = False,
+        attend_sdp_kwargs: dict | None = None,
+        pre_talking_heads: bool = False,
+        post_talking_heads: bool = False,
+        pre_scale_post_talking_heads: bool = False,
+        sparse_topk: int | None = None,
+        sparse_topk_straight_through: bool = False,
+        softclamp_logits: bool = False,
+        logit_softclamp_value: float = 50.0,
+        cog_signed: bool = False,
+        sigmoid: bool = False,
+        hard: bool = False,
+        l2_distance: bool = False,
+        add_zero_kv: bool = False,
+        head_learned_sink: bool = False,
+        gumbel_softmax: bool = False,
+        gumbel_softmax_temp: float = 1.0,
+        gumbel_softmax_hard: bool = True,
+        selective: bool = False,
+        inverted_attention: bool = False,
     ) -> None:
         super().__init__()
         if kv_heads is not None and one_kv_head:
@@ -44,18 +148,91 @@ class Attention(nn.Module):
             raise ValueError(f"heads ({heads}) must be divisible by attn_kv_heads ({kv_heads})")
         if qk_norm and (dim_head % qk_norm_groups or dim_head // qk_norm_groups <= 2):
             raise ValueError(f"attn_qk_norm_groups={qk_norm_groups} does not fit dim_head={dim_head}")
+        value_dim_head = value_dim_head if value_dim_head is not None else dim_head
+        rotate_num_heads = rotate_num_heads if rotate_num_heads is not None else heads
+        explicit = [
+            name
+            for name, on in (
+                ("pre_talking_heads", pre_talking_heads),
+                ("post_talking_heads", post_talking_heads),
+                ("pre_scale_post_talking_heads", pre_scale_post_talking_heads),
+                ("sparse_topk", sparse_topk is not None),
+                ("softclamp_logits", softclamp_logits),
+                ("cog_signed", cog_signed),
+                ("sigmoid", sigmoid),
+                ("hard", hard),
+                ("head_learned_sink", head_learned_sink),
+                ("selective", selective),
+                ("inverted_attention", inverted_attention),
+            )
+            if on
+        ]
+        if flash and explicit:
+            _refuse(
+                f"attention option '{explicit[0]}' needs the attention logits: it cannot be combined with flash"
+            )
+        if qk_rmsnorm and k_rmsnorm:
+            _refuse("attention options 'qk_rmsnorm' and 'k_rmsnorm' exclude each other: choose one")
+        if gate_values_headwise and gate_values_rank is not None:
+            _refuse("attention option 'gate_values_rank' cannot be combined with 'gate_values_headwise'")
+        if output_gate_headwise and output_gate_rank is not None:
+            _refuse("attention option 'output_gate_rank' cannot be combined with 'output_gate_headwise'")
+        if value_rmsnorm and (kv_heads != heads or value_dim_head != dim_head):
+            _refuse("attention option 'value_rmsnorm' needs kv_heads == heads and value_dim_head == dim_head")
+        if num_mem_kv and value_dim_head != dim_head:
+            _refuse("attention option 'num_mem_kv' needs value_dim_head == dim_head")
+        if rotate_values and value_dim_head != dim_head:
+            _refuse("rotated values need value_dim_head == dim_head")
+        if not 0 < rotate_num_heads <= heads:
+            _refuse(f"attention option 'rotate_num_heads' must be between 1 and heads ({heads})")
+        if rotate_num_heads < heads and kv_heads < heads:
+            _refuse("attention option 'rotate_num_heads' cannot be combined with grouped key/value heads")
+        if sublayer_dropout < 0 or dropout < 0:
+            raise ValueError("dropout probabilities must be non-negative")
+
         dim_kv = dim_context if dim_context is not None else dim
+        dim_out = dim_out if dim_out is not None else dim
         self.heads, self.kv_heads, self.dim_head, self.causal = heads, kv_heads, dim_head, causal
+        self.value_dim_head = value_dim_head
         self.qk_norm, self.qk_norm_groups = qk_norm, qk_norm_groups
-        self.dropout = dropout
+        self.dropout, self.sublayer_dropout = dropout, sublayer_dropout
         # attention always runs on scaled_dot_product_attention where the options allow (x-transformers'
         # `attn_flash` chose that path); the flag is kept so specs round-trip and incompatible options are refused
         self.flash = flash
+        self.onnxable, self.attend_sdp_kwargs = onnxable, attend_sdp_kwargs  # same function on every path
+        self.max_attend_past, self.num_mem_kv = max_attend_past, num_mem_kv
+        self.rotate_num_heads = rotate_num_heads
+        self.laser, self.laser_softclamp_value = laser, laser_softclamp_value
+        self.can_cache_kv = not selective
 
         self.to_q = nn.Linear(dim, dim_head * heads, bias=False)
         self.to_k = nn.Linear(dim_kv, dim_head * kv_heads, bias=False)
-        self.to_v = nn.Linear(dim_kv, dim_head * kv_heads, bias=False)
-        self.to_v_gate = nn.Linear(dim, dim_head * heads, bias=gate_values_bias) if gate_values else None
+        self.to_v = nn.Linear(dim_kv, value_dim_head * kv_heads, bias=False)
+        out_dim = value_dim_head * heads
+
+        self.gate_activation = F.silu if swiglu_values else torch.sigmoid
+        self.gate_values_headwise, self.output_gate_headwise = gate_values_headwise, output_gate_headwise
+        self.to_v_gate = (
+            _gate(
+                dim,
+                heads if gate_values_headwise else out_dim,
+                gate_values_rank,
+                low_rank_silu_gates,
+                gate_values_bias,
+            )
+            if gate_values
+            else None
+        )
+        self.to_output_gate = (
+            _gate(out_dim, heads if output_gate_headwise else out_dim, output_gate_rank, low_rank_silu_gates)
+            if output_gate
+            else None
+        )
+        self.to_v_head_gate = None
+        if gate_value_heads:
+            self.to_v_head_gate = nn.Linear(dim, heads)
+            nn.init.zeros_(self.to_v_head_gate.weight)
+            nn.init.constant_(self.to_v_head_gate.bias, 10.0)
         self.rotate_values = rotate_values
 
         self.scale = dim_head**-0.5
@@ -65,15 +242,65 @@ class Attention(nn.Module):
         elif qk_norm:
             self.scale = qk_norm_scale
         self.float32_softmax = not qk_norm
+        self.q_rmsnorm = MultiheadRMSNorm(dim_head, heads) if qk_rmsnorm else None
+        self.k_rmsnorm = MultiheadRMSNorm(dim_head, kv_heads) if (qk_rmsnorm or k_rmsnorm) else None
+        self.value_rmsnorm = MultiheadRMSNorm(dim_head, heads) if value_rmsnorm else None
 
-        if heads > 1:
-            self.to_out = nn.Linear(dim_head * heads, dim, bias=False)
-        elif dim_head != dim:
+        self.attend = Attend(
+            heads,
+            causal=causal,
+            pre_talking_heads=pre_talking_heads,
+            post_talking_heads=post_talking_heads,
+            pre_scale_post_talking_heads=pre_scale_post_talking_heads,
+            sparse_topk=sparse_topk,
+            sparse_topk_straight_through=sparse_topk_straight_through,
+            softclamp_logits=softclamp_logits,
+            logit_softclamp_value=logit_softclamp_value,
+            cog_signed=cog_signed,
+            sigmoid=sigmoid,
+            hard=hard,
+            l2_distance=l2_distance,
+            add_zero_kv=add_zero_kv,
+            head_learned_sink=head_learned_sink,
+            gumbel_softmax=gumbel_softmax,
+            gumbel_softmax_temp=gumbel_softmax_temp,
+            gumbel_softmax_hard=gumbel_softmax_hard,
+            selective=selective,
+            inverted_attention=inverted_attention,
+        )
+
+        if head_scale:
+            self.head_scale_params = nn.Parameter(torch.ones(1, heads, 1, 1))
+        if num_mem_kv > 0:
+            self.mem_k = nn.Parameter(torch.randn(kv_heads, num_mem_kv, dim_head))
+            self.mem_v = nn.Parameter(torch.randn(kv_heads, num_mem_kv, dim_head))
+        self.to_value_residual_mix = (
+            nn.Sequential(nn.Linear(dim, heads), nn.Sigmoid()) if learned_value_residual_mix else None
+        )
+        self.orthog_projected_values = orthog_projected_values
+        self.orthog_projected_values_per_head = orthog_projected_values_per_head
+        out_dim *= max(1, int(orthog_projected_values) + int(orthog_projected_values_per_head))
+
+        if project_out is None:
+            project_out = heads > 1 or dim != dim_out or on_attn
+        if project_out and on_attn:
+            self.to_out: nn.Module = nn.Sequential(nn.Linear(out_dim, dim_out * 2, bias=False), nn.GLU())
+        elif project_out:
+            self.to_out = nn.Linear(out_dim, dim_out, bias=False)
+        elif out_dim != dim_out:
             raise ValueError(
-                f"with heads=1 there is no output projection, so dim_head ({dim_head}) must equal dim ({dim})"
+                f"without an output projection the attention output ({out_dim}) must have the model dim ({dim_out})"
             )
         else:
             self.to_out = nn.Identity()
+        out_linear = self.to_out[0] if isinstance(self.to_out, nn.Sequential) else self.to_out
+        if isinstance(out_linear, nn.Linear):
+            if zero_init_output:
+                nn.init.zeros_(out_linear.weight)
+            elif output_proj_depth is not None:
+                nn.init.normal_(
+                    out_linear.weight, std=(2 * out_linear.in_features * output_proj_depth) ** -0.5
+                )
 
     def forward(
         self,
@@ -91,6 +318,7 @@ class Attention(nn.Module):
         mem_mask: Tensor | None = None,
         cache: AttentionIntermediates | None = None,
         need_logits: bool = False,
+        value_residual: Tensor | None = None,
     ) -> tuple[Tensor, AttentionIntermediates]:
         b, n = x.shape[:2]
         has_context = context is not None
@@ -103,15 +331,30 @@ class Attention(nn.Module):
         q = self.to_q(x).unflatten(-1, (self.heads, -1)).transpose(1, 2)
         k = self.to_k(kv_input).unflatten(-1, (self.kv_heads, -1)).transpose(1, 2)
         v = self.to_v(kv_input).unflatten(-1, (self.kv_heads, -1)).transpose(1, 2)
+        values = v
+
+        if value_residual is not None:  # ResFormer: mix in the first layer's values
+            mix = 0.5
+            if self.to_value_residual_mix is not None:
+                mix = self.to_value_residual_mix(x).transpose(1, 2)[..., None]
+            v = value_residual.lerp(v, mix)
 
         if self.qk_norm:
             q, k = _l2norm(q, self.qk_norm_groups), _l2norm(k, self.qk_norm_groups)
             if hasattr(self, "qk_norm_q_scale"):
                 q, k = q * self.qk_norm_q_scale, k * self.qk_norm_k_scale
+        if self.q_rmsnorm is not None:
+            q = self.q_rmsnorm(q)
+        if self.k_rmsnorm is not None:
+            k = self.k_rmsnorm(k)
+        if self.value_rmsnorm is not None:
+            v = self.value_rmsnorm(v)
 
         if cache is not None and cache.cached_kv is not None:
             if mem is not None:
                 raise ValueError("a key/value cache cannot be combined with Transformer-XL memories")
+            if not self.can_cache_kv:
+                _refuse("attention option 'selective' cannot be used with a key/value cache")
             cached_k, cached_v = cache.cached_kv
             k, v = torch.cat((cached_k, k), dim=-2), torch.cat((cached_v, v), dim=-2)
         cached_kv = (k[..., mem_len:, :], v[..., mem_len:, :])
@@ -119,10 +362,15 @@ class Attention(nn.Module):
         if rotary_pos_emb is not None and not has_context:
             freqs, xpos_scale = rotary_pos_emb
             q_scale, k_scale = (xpos_scale, xpos_scale**-1.0) if torch.is_tensor(xpos_scale) else (1.0, 1.0)
-            q = apply_rotary(q, freqs, q_scale)
-            k = apply_rotary(k, freqs, k_scale)
-            if self.rotate_values:
-                v = apply_rotary(v, freqs, k_scale)
+            rot = self.rotate_num_heads
+            if rot < self.heads:  # only the last `rotate_num_heads` heads are rotated
+                q = torch.cat((q[:, :-rot], apply_rotary(q[:, -rot:], freqs, q_scale)), dim=1)
+                k = torch.cat((k[:, :-rot], apply_rotary(k[:, -rot:], freqs, k_scale)), dim=1)
+            else:
+                q = apply_rotary(q, freqs, q_scale)
+                k = apply_rotary(k, freqs, k_scale)
+                if self.rotate_values:
+                    v = apply_rotary(v, freqs, k_scale)
 
         key_mask = context_mask
         if key_mask is None and not has_context:
@@ -134,26 +382,47 @@ class Attention(nn.Module):
                     key_mask = torch.ones((b, n), dtype=torch.bool, device=x.device)
                 key_mask = torch.cat((mem_mask, key_mask), dim=-1)
 
+        i, j = q.shape[-2], k.shape[-2]
+        num_mem_kv = self.num_mem_kv
+        if num_mem_kv:  # learned memory keys/values in front of the sequence, visible to every query
+            mem_k = self.mem_k.expand(b, -1, -1, -1)
+            if self.qk_norm:
+                mem_k = _l2norm(mem_k, self.qk_norm_groups)
+                if hasattr(self, "qk_norm_k_scale"):
+                    mem_k = mem_k * self.qk_norm_k_scale
+            k = torch.cat((mem_k, k), dim=-2)
+            v = torch.cat((self.mem_v.expand(b, -1, -1, -1), v), dim=-2)
+            if key_mask is not None:
+                key_mask = F.pad(key_mask, (num_mem_kv, 0), value=True)
+
         allowed = None
         if key_mask is not None:
             allowed = key_mask[:, None, None, :]
         if attn_mask is not None:
             extra = attn_mask.reshape((1,) * (4 - attn_mask.ndim) + tuple(attn_mask.shape))
             allowed = extra if allowed is None else allowed & extra
+        if self.max_attend_past is not None:
+            distance = torch.arange(j - i, j, device=x.device)[:, None] - torch.arange(j, device=x.device)
+            near = F.pad(distance <= self.max_attend_past, (num_mem_kv, 0), value=True)[None, None]
+            allowed = near if allowed is None else allowed & near
 
-        i, j = q.shape[-2], k.shape[-2]
         attn_bias = None
         if rel_pos is not None:
             if pos is not None and isinstance(rel_pos, AlibiPositionalBias):
                 attn_bias = rel_pos.forward_custom_pos(pos)
             elif isinstance(rel_pos, (AlibiPositionalBias, RelativePositionBias)):
                 attn_bias = rel_pos(i, j, device=x.device)
+            if attn_bias is not None and num_mem_kv:
+                attn_bias = F.pad(attn_bias, (num_mem_kv, 0), value=0.0)
+
+        if self.laser:  # LASER: attend over exp(values), then take the log
+            v = (v / self.laser_softclamp_value).tanh().mul(self.laser_softclamp_value).exp()
 
         if self.kv_heads < self.heads:
             repeat = self.heads // self.kv_heads
             k, v = k.repeat(1, repeat, 1, 1), v.repeat(1, repeat, 1, 1)
 
-        out, inter = attend(
+        out, inter = self.attend(
             q,
             k,
             v,
@@ -165,12 +434,56 @@ class Attention(nn.Module):
             need_logits=need_logits,
             float32_softmax=self.float32_softmax,
             dropout_p=self.dropout if self.training else 0.0,
+            row_mask=mask,
         )
+        if self.laser:
+            out = out.clamp(min=1e-20).log()
+        if hasattr(self, "head_scale_params"):
+            out = out * self.head_scale_params
+        if self.to_v_head_gate is not None:
+            out = out * self.to_v_head_gate(x).sigmoid().transpose(1, 2)[..., None]
         out = out.transpose(1, 2).flatten(-2)
-        if self.to_v_gate is not None:
-            out = out * self.to_v_gate(x).sigmoid()
+        if self.to_v_gate is not None or self.to_output_gate is not None:
+            out = self._gate(out, x)
+        if self.orthog_projected_values or self.orthog_projected_values_per_head:
+            groups = self.heads // self.kv_heads
+            v_flat = values.transpose(1, 2).repeat(1, 1, groups, 1).flatten(-2)
+            parts = [_orthogonal_part(out, v_flat)] * (
+                int(self.orthog_projected_values) + int(self.orthog_projected_values_per_head)
+            )
+            out = torch.cat(parts, dim=-1)
         out = self.to_out(out)
+        if self.sublayer_dropout > 0 and self.training:
+            out = F.dropout(out, p=self.sublayer_dropout)
         if mask is not None and cache is None:
             out = out.masked_fill(~mask[..., None], 0.0)
         inter.cached_kv = cached_kv
+        inter.values = values
         return out, inter
+
+    def _gate(self, out: Tensor, x: Tensor) -> Tensor:
+        """Gated attention: sigmoid (or SiLU) gates from the input (`to_v_gate`) and/or the output
+        (`to_output_gate`), their logits summed; a headwise gate scales a whole head."""
+        headwise = (self.to_v_gate is not None and self.gate_values_headwise) or (
+            self.to_output_gate is not None and self.output_gate_headwise
+        )
+        if not headwise:
+            logits = self.to_v_gate(x) if self.to_v_gate is not None else 0.0
+            if self.to_output_gate is not None:
+                logits = logits + self.to_output_gate(out)
+            return out * self.gate_activation(logits)
+
+        def head_space(t: Tensor, per_head: bool) -> Tensor:
+            return (
+                t.transpose(1, 2)[..., None]
+                if per_head
+                else t.unflatten(-1, (self.heads, -1)).transpose(1, 2)
+            )
+
+        logits: Tensor | float = 0.0
+        if self.to_v_gate is not None:
+            logits = logits + head_space(self.to_v_gate(x), self.gate_values_headwise)
+        if self.to_output_gate is not None:
+            logits = logits + head_space(self.to_output_gate(out), self.output_gate_headwise)
+        gated = out.unflatten(-1, (self.heads, -1)).transpose(1, 2) * self.gate_activation(logits)
+        return gated.transpose(1, 2).flatten(-2)
