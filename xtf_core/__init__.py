@@ -20,6 +20,33 @@ _LAZY = {
     "Decoder": "xtf_core.model.layers",
     "CrossAttender": "xtf_core.model.layers",
     "AutoregressiveWrapper": "xtf_core.model.autoregressive",
+    "ViTransformerWrapper": "xtf_core.model.vit",
+    "XLAutoregressiveWrapper": "xtf_core.model.xl_autoregressive",
+    "ContinuousAutoregressiveWrapper": "xtf_core.model.continuous_autoregressive",
+    "NonAutoregressiveWrapper": "xtf_core.model.nonautoregressive",
+    # building blocks, with x-transformers' constructors (xtf_core/model/blocks.py)
+    **{
+        name: "xtf_core.model.blocks"
+        for name in (
+            "Attention",
+            "FeedForward",
+            "LayerNorm",
+            "RMSNorm",
+            "ScaleNorm",
+            "SimpleRMSNorm",
+            "TokenEmbedding",
+            "AbsolutePositionalEmbedding",
+            "RotaryEmbedding",
+            "apply_rotary_pos_emb",
+            "rotate_half",
+            "AlibiPositionalBias",
+            "RelativePositionBias",
+            "AttentionPool",
+            "TransformerBlock",
+            "Intermediates",
+            "LayerIntermediates",
+        )
+    },
     "build": "xtf_core.spec",
     "spec_of": "xtf_core.spec",
     "save": "xtf_core.loading",

@@ -228,7 +228,7 @@ def refuse(owner: str, option: str, value: Any, supported: set[str] | frozenset[
     )
     raise UnsupportedOptionError(
         f"{owner}: option '{option}'={shown} is {kind}; {advice}remove it"
-        + (f" or use one of: {', '.join(sorted(supported))}" if supported else "")
+        + (f" or use one of: {', '.join(sorted(supported))}" if supported and len(supported) <= 20 else "")
     )
 
 
