@@ -39,6 +39,11 @@ REFERENCE_CLASSES: dict[str, type[nn.Module]] = {
     "Decoder": x_transformers.Decoder,
     "CrossAttender": x_transformers.CrossAttender,
     "AttentionLayers": xt_module.AttentionLayers,
+    "ViTransformerWrapper": x_transformers.ViTransformerWrapper,
+    "AutoregressiveWrapper": x_transformers.AutoregressiveWrapper,
+    "XLAutoregressiveWrapper": x_transformers.XLAutoregressiveWrapper,
+    "NonAutoregressiveWrapper": x_transformers.NonAutoregressiveWrapper,
+    "ContinuousAutoregressiveWrapper": x_transformers.ContinuousAutoregressiveWrapper,
 }
 
 # Deterministic for CI: same examples every run, no deadline (first calls pay for lazy imports).

@@ -55,7 +55,10 @@ class ViTransformerWrapper(SpecRecorder, nn.Module):
         self.post_emb_norm = LayerNorm(dim) if o.post_emb_norm else nn.Identity()
         self.dropout = nn.Dropout(o.emb_dropout)
         self.attn_layers = o.attn_layers
-        self.mlp_head: nn.Module | None = nn.Linear(dim, o.num_classes) if o.num_classes is not None else None
+        # without classes the head is the identity: the output is the mean-pooled embedding
+        self.mlp_head: nn.Module = (
+            nn.Linear(dim, o.num_classes) if o.num_classes is not None else nn.Identity()
+        )
 
     def patches(self, img: Tensor) -> Tensor:
         """`[b, c, H, W]` -> `[b, patches, p * p * c]`, patches in row-major order, channels innermost."""
@@ -77,7 +80,7 @@ class ViTransformerWrapper(SpecRecorder, nn.Module):
         if self.num_register_tokens > 0:
             x = torch.cat((x, self.register_tokens.expand(b, -1, -1)), dim=1)
         embed = self.attn_layers(x)[:, :n]
-        if self.mlp_head is None or return_embeddings:
+        if return_embeddings:
             return embed
         logits = self.mlp_head(embed.mean(dim=-2))
         return (logits, embed) if return_logits_and_embeddings else logits
