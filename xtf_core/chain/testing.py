@@ -38,22 +38,18 @@ def raw_tensor_bytes(path: str | os.PathLike, name: str) -> bytes:
 
 
 def round_trip(step: Step, tensors: Mapping[str, Any], spec: dict) -> tuple[dict, dict, dict, dict]:
-    """Upgrade through `step`, then downgrade back: (upgraded, upgraded spec, restored, restored spec)."""
-    chain = Chain([step])
-    installed = step.revision
-    upgraded, new_spec, _ = _migrate(chain, tensors, spec, step.down_revision, installed)
-    restored, old_spec, _ = _migrate(chain, upgraded, new_spec, installed, step.down_revision, installed)
+    """Upgrade through `step`, then downgrade back: (upgraded, upgraded spec, restored, restored spec).
+
+    The step runs in a chain of its own whose newest layout is the step's revision, so any step of the
+    installed package can be tested, whatever xtf release runs the test."""
+    chain = Chain([step], installed=step.revision)
+    upgraded, new_spec, _ = migrate_in_memory(
+        dict(tensors), spec, step.down_revision, step.revision, chain=chain
+    )
+    restored, old_spec, _ = migrate_in_memory(
+        dict(upgraded), new_spec, step.revision, step.down_revision, chain=chain
+    )
     return upgraded, new_spec, restored, old_spec
-
-
-def _migrate(chain: Chain, tensors, spec, source: Stamp, target: Stamp, installed: Stamp | None = None):
-    # The chain's installed release is the step's revision, whatever xtf release runs the test.
-    original_route = chain.route
-    chain.route = lambda s, t=None, installed=installed or target: original_route(s, t, installed)  # type: ignore[method-assign]
-    try:
-        return migrate_in_memory(dict(tensors), spec, source, target, chain=chain)
-    finally:
-        chain.route = original_route  # type: ignore[method-assign]
 
 
 RENAME_STEP_TEMPLATE = '''"""Rename {source} to {target} (synthetic step for tests and benchmarks)."""

@@ -1,0 +1,105 @@
+"""What the x-transformers steps know of an attention stack's options, pinned here and not read from the core.
+
+A step must mean the same thing after the model core grows: the core's option defaults and block order may
+change in a later xtf release, and an old step reading them would silently plan other ops for the same
+file. So the few facts the steps use (the block order and which norms exist) are written down once, as the
+x-transformers releases the chain maps computed them, and never imported from `xtf_core.model`.
+
+Every option below had the same default in every release the chain maps (0.x to 2.31.10); an era whose
+defaults differ must get its own pinned defaults here, keyed by the first release of that era.
+Options that change the block order but whose history no step maps yet (`macaron`, ...) are refused by
+name rather than ignored: a step cannot place a tensor in a layout it does not know.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from xtf_core.errors import MigrationError
+
+
+@dataclass(frozen=True)
+class StackOptions:
+    """The options of an attention stack that decide its block order and its norms."""
+
+    depth: int | None = None
+    causal: bool = False
+    cross_attend: bool = False
+    only_cross: bool = False
+    custom_layers: tuple[str, ...] | None = None
+    par_ratio: int | None = None
+    sandwich_coef: int | None = None
+    pre_norm: bool = True
+    pre_norm_has_final_norm: bool = True
+    sandwich_norm: bool = False
+    use_scalenorm: bool = False
+    use_rmsnorm: bool = False
+    use_simple_rmsnorm: bool = False
+
+
+STACK_OPTIONS = frozenset(f.name for f in fields(StackOptions))
+
+# Options that change which blocks a stack holds, in what order, or which norms it has, with the value at
+# which they change nothing. A stack with another value cannot cross a step until its history is mapped.
+UNMAPPED_BLOCK_OPTIONS: dict[str, Any] = {
+    "macaron": False,
+    "only_attn": False,
+    "weight_tie_layers": False,
+    "layers_execute_order": None,
+    "pre_and_post_norm": False,
+    "use_dynamic_tanh": False,
+    "use_derf": False,
+    "use_adaptive_layernorm": False,
+    "use_adaptive_rmsnorm": False,
+}
+
+
+def stack_options(raw: dict[str, Any]) -> StackOptions:
+    """Read a stack's options from its spec entries (unknown entries play no part in the block order)."""
+    for name, neutral in UNMAPPED_BLOCK_OPTIONS.items():
+        if name in raw and raw[name] != neutral and raw[name] is not None:
+            raise MigrationError(
+                f"option {name!r} changes the block layout, and no migration step maps it to older "
+                "releases yet; keep this checkpoint at the current xtf layout"
+            )
+    known = {k: v for k, v in raw.items() if k in STACK_OPTIONS}
+    if isinstance(known.get("custom_layers"), list):
+        known["custom_layers"] = tuple(known["custom_layers"])
+    return StackOptions(**known)
+
+
+def block_order(o: StackOptions) -> tuple[str, ...]:
+    """The block types in order: 'a' self-attention, 'c' cross-attention, 'f' feed-forward."""
+    if o.cross_attend and not o.only_cross:
+        block: tuple[str, ...] = ("a", "c", "f")
+    elif o.cross_attend:
+        block = ("c", "f")
+    else:
+        block = ("a", "f")
+    if o.custom_layers is not None:
+        bad = [t for t in o.custom_layers if t not in ("a", "c", "f")]
+        if bad:
+            raise MigrationError(f"custom_layers may only hold 'a', 'c' and 'f', got {bad[0]!r}")
+        return tuple(o.custom_layers)
+    if o.depth is None:
+        raise MigrationError("'depth' is required unless 'custom_layers' is given")
+    if o.par_ratio is not None:
+        par_depth = o.depth * len(block)
+        if not 1 < o.par_ratio <= par_depth:
+            raise MigrationError(f"par_ratio={o.par_ratio} out of range (1, {par_depth}]")
+        block = tuple(t for t in block if t != "f")
+        par_attn = par_depth // o.par_ratio
+        depth_cut = par_depth * 2 // 3
+        par_width = (depth_cut + depth_cut // par_attn) // par_attn
+        if len(block) > par_width:
+            raise MigrationError(f"par_ratio={o.par_ratio} leaves no room for the attention block")
+        par_block = block + ("f",) * (par_width - len(block))
+        par_head = par_block * par_attn
+        return par_head + ("f",) * (par_depth - len(par_head))
+    if o.sandwich_coef is not None:
+        if not 0 < o.sandwich_coef <= o.depth:
+            raise MigrationError(f"sandwich_coef={o.sandwich_coef} must be in (0, depth={o.depth}]")
+        sc = o.sandwich_coef
+        return ("a",) * sc + block * (o.depth - sc) + ("f",) * sc
+    return block * o.depth
