@@ -160,6 +160,8 @@ def stacks(spec: dict[str, Any]) -> list[Stack]:
         ]
     if cls in ("Encoder", "Decoder", "CrossAttender", "AttentionLayers"):
         return [Stack(spec, "", None, None, node=spec)]
+    if cls == "ViTransformerWrapper":  # its own patch embedding; the stack as under a wrapper
+        return [Stack(spec, "attn_layers.", None, None, node=spec["attn_layers"])]
     if isinstance(spec.get("net"), dict):  # a training wrapper: the wrapped model's tensors sit under `net.`
         return [
             replace(
