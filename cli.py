@@ -38,6 +38,8 @@ def _one_line(text: str) -> str:
 
 def _os_error_text(exc: OSError) -> str:
     reason = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # every xtf output is written to a temporary first
+        reason += "; nothing was written there (free some space and retry)"
     return f"{exc.filename}: {reason}" if exc.filename is not None else reason
 
 
@@ -224,6 +226,11 @@ def inspect(ckpt: Path, as_json: bool) -> None:
             spec=spec,
             migrations=read_migrations(metadata, where),
         )
+        if "xtf.ignored" in metadata:  # options the converted release silently ignored (xtf convert)
+            try:
+                report["ignored"] = json.loads(metadata["xtf.ignored"])
+            except json.JSONDecodeError:
+                report["ignored"] = metadata["xtf.ignored"]
         try:
             pending = default_chain().route(stamp)
             report["pending"] = [
@@ -244,6 +251,12 @@ def inspect(ckpt: Path, as_json: bool) -> None:
     origin = f" (first stamped {report['origin']})" if report["origin"] else ""
     click.echo(f"stamp: {report['stamp']}{origin}")
     click.echo(f"spec: {json.dumps(report['spec'], sort_keys=True)}")
+    if "ignored" in report:
+        items = report["ignored"] if isinstance(report["ignored"], list) else []
+        names = [
+            f"{i.get('at') + '.' if i.get('at') else ''}{i.get('option')}={i.get('value')!r}" for i in items
+        ]
+        click.echo(f"ignored when built (as its release did): {', '.join(names) or report['ignored']}")
     click.echo(f"applied migrations: {len(report['migrations']) or 'none'}")
     for record in report["migrations"]:
         click.echo(
@@ -389,11 +402,25 @@ def verify(ckpt: Path, as_json: bool) -> None:
 @click.option(
     "--config",
     "config_path",
-    type=PATH,
-    help="JSON of the constructor call, in spec form, with that release's kwargs.",
+    type=TEXT,
+    help="The constructor call: a JSON spec, a .py file holding the call, or the call itself "
+    "('TransformerWrapper(num_tokens=256, ..., attn_layers=Decoder(dim=512, depth=6, heads=8))'); "
+    "with that release's kwargs. Read, never run.",
 )
 @click.option(
     "--key", type=TEXT, help="Where the state dict sits inside the pickle (default: found automatically)."
+)
+@click.option(
+    "--prefix",
+    type=TEXT,
+    help="The model's name prefix inside a bigger state dict (net., model.decoder.); default: the one "
+    "prefix where the config's layout fits.",
+)
+@click.option(
+    "--into",
+    type=PATH,
+    help="With --to: write a copy of this pickle (e.g. the original application checkpoint) with only the "
+    "tensors under the model's prefix replaced.",
 )
 @click.option(
     "--to",
@@ -407,8 +434,10 @@ def verify(ckpt: Path, as_json: bool) -> None:
 def convert(
     src: Path,
     source: str | None,
-    config_path: Path | None,
+    config_path: str | None,
     key: str | None,
+    prefix: str | None,
+    into: Path | None,
     target: str | None,
     output: Path,
     as_json: bool,
@@ -444,20 +473,41 @@ def convert(
     if source is not None:
         if config_path is None:
             raise click.UsageError("--from needs --config CONFIG.json")
+        if into is not None:
+            raise click.UsageError("--into goes with --to (export into a copy of the original pickle)")
         report = xtransformers.convert(
             src,
             output,
             release=xtransformers.parse_source(source),
             config=xtransformers.read_config(config_path),
             key=key,
+            prefix=prefix,
         )
+        from xtf_converters.release_kwargs import describe
+
         text = f"{report['source']} -> {report['output']}: stamped {report['stamp']} ({report['why']})"
+        if report["prefix"]:
+            text += f"\nmodel taken from under the prefix {report['prefix']!r}"
+        for item in report["renamed"]:
+            text += f"\nread {item['option']!r} as {item['as']!r} (its name in later releases)"
+        if report["ignored"]:
+            text += (
+                f"\nignored, as x-transformers {report['stamp'].partition('==')[2]} did: "
+                f"{describe(report['ignored'])} (recorded under xtf.ignored)"
+            )
     else:
         release = xtransformers.parse_source(target)
         if release is None:
             raise click.UsageError("--to needs a release: --to x-transformers==RELEASE")
-        report = xtransformers.export(src, output, release=release)
+        if into is None and prefix is not None:
+            raise click.UsageError("--prefix on an export goes with --into ORIGINAL.pt")
+        report = xtransformers.export(src, output, release=release, into=into, key=key, prefix=prefix)
         text = f"{report['source']} ({report['from']}) -> {report['output']} for {report['to']}; config in {report['config']}"
+        if into is not None:
+            text += (
+                f"\n{report['replaced']} tensors under {report['prefix']!r} replaced in a copy of {report['into']}"
+                f" ({report['state_dict_at']}); {report['kept']} other tensors and every other entry kept"
+            )
     if as_json:
         _print_json(report)
     else:

@@ -49,13 +49,20 @@ def atomic_file(target: Path) -> Iterator[int]:
     try:
         yield fd
         os.fsync(fd)
-    except BaseException:
+    except BaseException as exc:
         os.close(fd)
         temp.unlink(missing_ok=True)
+        _name_the_target(exc, target)
         raise
     os.close(fd)
     os.replace(temp, target)
     fsync_dir(target.parent)
+
+
+def _name_the_target(exc: BaseException, target: Path) -> None:
+    """A failed write (`ENOSPC` from os.write carries no file name) names the file it was writing."""
+    if isinstance(exc, OSError) and exc.filename is None:
+        exc.filename = str(target)
 
 
 @contextlib.contextmanager
@@ -107,11 +114,12 @@ def atomic_files(*targets: Path) -> Iterator[tuple[int, ...]]:
         yield tuple(fds)
         for fd in fds:
             os.fsync(fd)
-    except BaseException:
+    except BaseException as exc:
         for fd in fds:
             os.close(fd)
         for temp in temps:
             temp.unlink(missing_ok=True)
+        _name_the_target(exc, paths[0])  # the main output; its companions share its fate
         raise
     for fd in fds:
         os.close(fd)
