@@ -1,6 +1,7 @@
 """ScaleNorm reparametrised: gain `g` now absorbs sqrt(dim) (`g_new = g_old * sqrt(dim)`).
 
 x-transformers 0.33.1 (before: x / (|x| * dim**-0.5) * g; after: x / |x| * g). Value transform, reversible.
+Released upstream in x-transformers 0.33.1, commit 7df472070aeb (lucidrains/x-transformers).
 """
 
 import math

@@ -3,6 +3,7 @@
 x-transformers 1.15.0. Pre-norm: `norm.*` -> `attn_layers.final_norm.*`; post-norm: -> the last block's
 post-main norm `attn_layers.layers.<last>.0.2.*`. The old wrapper norm was always a LayerNorm; for
 RMSNorm/ScaleNorm stacks the spec keeps it one (`xtf_final_norm_layernorm`), so outputs are unchanged.
+Released upstream in x-transformers 1.15.0, commit 53629d63a89f (lucidrains/x-transformers).
 """
 
 from xtf_core.chain import Rename

@@ -1,6 +1,7 @@
 """Feed-forward output projection moved from `ff.3` to `ff.2`.
 
 x-transformers 1.18.0. Pure rename, exact in both directions.
+Released upstream in x-transformers 1.18.0, commit bba19595fcd2 (lucidrains/x-transformers).
 """
 
 from xtf_core.chain import Rename

@@ -3,6 +3,7 @@
 x-transformers 1.27.0. The old biases are kept, not dropped: the spec says so (`xtf_norm_bias`,
 `xtf_logits_bias`, `xtf_project_bias`), so converted checkpoints compute exactly what they did.
 Going down, a model without those biases gets zero biases (the same function).
+Released upstream in x-transformers 1.27.0, commit 791685945852 (lucidrains/x-transformers).
 """
 
 from xtf_core.chain import Add, Rename

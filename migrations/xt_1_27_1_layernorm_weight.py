@@ -1,6 +1,7 @@
 """LayerNorm is torch's bias-less `nn.LayerNorm` again: `gamma` -> `weight`, the zero `beta` buffer dropped.
 
 x-transformers 1.27.1 (with torch >= 2.1). Legacy biases carried by `xtf_norm_bias` stay as `beta`.
+Released upstream in x-transformers 1.27.1, commit bb4d8fbf021e (lucidrains/x-transformers).
 """
 
 from xtf_core.chain import Drop, Rename

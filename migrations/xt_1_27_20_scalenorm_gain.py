@@ -1,6 +1,7 @@
 """ScaleNorm reparametrised again: `normalize(x) * sqrt(dim) * g`, so `g_new = g_old / sqrt(dim)`.
 
 x-transformers 1.27.20. Value transform, reversible.
+Released upstream in x-transformers 1.27.20, commit 9665f74ff28e (lucidrains/x-transformers).
 """
 
 import math

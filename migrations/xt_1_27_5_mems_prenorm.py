@@ -2,6 +2,7 @@
 
 x-transformers 1.27.5 (found by bisecting releases 1.27.1-1.30.23; not in the eras map). Spec only.
 Going down, a model that norms its memories is refused if it keeps memories (`max_mem_len` > 0).
+Released upstream in x-transformers 1.27.5, commit 49b196e8a9da (lucidrains/x-transformers).
 """
 
 from xtf_core.errors import MigrationError

@@ -3,6 +3,7 @@
 x-transformers 1.30.1 (0.11.2-1.30.0 used `rotate_half`). The same function is kept by permuting, inside
 every head, the rotary features of the query/key projections (and of the values and output projection
 when values are rotated too): feature i of the first half -> 2i, of the second half -> 2i + 1. Exact.
+Released upstream in x-transformers 1.30.1, commit 992ab09c7b3b (lucidrains/x-transformers).
 """
 
 from xtf_core.chain import ValueTransform

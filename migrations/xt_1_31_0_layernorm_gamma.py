@@ -3,6 +3,7 @@
 x-transformers 1.31.0. Renames, exact both ways. Going down past 1.31.0, a model that uses the unit
 offset (stored gain = scale - 1) gets its gains stored as scales (`gain + 1`), since older releases lack
 the option.
+Released upstream in x-transformers 1.31.0, commit f933207ab467 (lucidrains/x-transformers).
 """
 
 from xtf_core.chain import Rename, ValueTransform

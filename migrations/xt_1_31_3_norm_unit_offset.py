@@ -1,6 +1,7 @@
 """`norm_add_unit_offset` became the default (norms compute `x * (gain + 1)`); older files pin it to False.
 
 x-transformers 1.31.3 (1.31.2 is broken); the option exists since 1.31.0. Spec only, exact both ways.
+Released upstream in x-transformers 1.31.3, commit 2e74ed07f7a5 (lucidrains/x-transformers).
 """
 
 from ._xt import stacks

@@ -2,6 +2,7 @@
 
 x-transformers 1.35.2 (`return_only_embed=True`). Dropping an unused head changes no output; going down,
 a zero head is added back.
+Released upstream in x-transformers 1.35.2, commit 9d8bd8a7c515 (lucidrains/x-transformers).
 """
 
 from xtf_core.chain import Drop

@@ -2,6 +2,7 @@
 
 x-transformers 1.42.18. Spec only (`rotary_emb_dim` made explicit), exact both ways; going down, a rotary
 dimension below 32 cannot be expressed and is refused.
+Released upstream in x-transformers 1.42.18, commit b7202457ea75 (lucidrains/x-transformers).
 """
 
 from xtf_core.errors import MigrationError

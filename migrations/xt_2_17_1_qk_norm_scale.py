@@ -2,6 +2,7 @@
 
 x-transformers 2.17.1 (fixed in 2.25.5). Files from before keep their function through this stretch by a
 spec marker (`xtf_qk_norm_uncubed`) that 2.25.5 removes again. Spec only, exact.
+Released upstream in x-transformers 2.17.1, commit a2c55a0b7c29 (lucidrains/x-transformers).
 """
 
 from xtf_core.errors import MigrationError

@@ -1,6 +1,7 @@
 """qk-norm bug fixed: logits scale by `qk_norm_scale` once again; files from 2.17.1-2.25.4 get it cubed.
 
 x-transformers 2.25.5. Spec only, exact.
+Released upstream in x-transformers 2.25.5, commit 90a7454b64d5 (lucidrains/x-transformers).
 """
 
 from ._xt import stacks

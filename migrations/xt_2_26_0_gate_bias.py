@@ -1,6 +1,7 @@
 """The value-gate projection lost its bias (`to_v_gate.bias`); older files keep it (`xtf_gate_values_bias`).
 
 x-transformers 2.26.0. Spec only going up; going down, a model without it gets zero biases.
+Released upstream in x-transformers 2.26.0, commit d0d3ecc74b0d (lucidrains/x-transformers).
 """
 
 from xtf_core.chain import Add

@@ -1,6 +1,7 @@
 """Tied logits are scaled by `tie_embedding_scale` (default `dim ** -0.5`); older tied files pin it to 1.
 
 x-transformers 2.30.5. Spec only, exact. Going down, a tied model with any other scale is refused.
+Released upstream in x-transformers 2.30.5 (commit not in the mirrored history).
 """
 
 from xtf_core.errors import MigrationError
