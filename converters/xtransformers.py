@@ -23,9 +23,12 @@ from .layout import compare_layouts, layout_at
 from .torch_pickle import read_state_dict
 
 LINEAGE = "x-transformers"
-FIRST_SUPPORTED = Version("0.28.4")
+FIRST_SUPPORTED = Version("0.10.0")
 LAST_KNOWN = Version("2.31.10")
 BROKEN_RELEASES = {
+    "0.11.0": "a one-release layout (depthwise-convolution queries, reverted in 0.11.1) no later release kept",
+    "0.20.0": "a broken release (Residual.__init__ TypeError on construction)",
+    "0.21.0": "a broken release (pre-norm blocks built without their norm, fixed in 0.21.1)",
     "0.29.0": "an experimental release (feed-forward input layer commented out, doubled to_k)",
     "0.29.1": "an experimental release (feed-forward input layer commented out, doubled to_k)",
     "1.16.2": "CascadingHeads was applied unconditionally (outputs differ from every other release)",

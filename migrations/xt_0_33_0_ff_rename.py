@@ -8,7 +8,7 @@ from xtf_core.chain import Rename
 from ._xt import stacks
 
 revision = "x-transformers==0.33.0"
-down_revision = "x-transformers==0.28.4"
+down_revision = "x-transformers==0.26.0"
 reversible = True
 
 

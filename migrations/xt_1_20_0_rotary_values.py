@@ -1,9 +1,8 @@
 """Rotary embeddings stopped rotating the values; older checkpoints keep doing so (`xtf_rotary_values`).
 
 x-transformers 1.20.0 (`rotary_embed_values` removed; 0.15.0-1.19.1 rotated values too). Spec only.
+Released upstream in x-transformers 1.20.0, commit a475d87c8efc (lucidrains/x-transformers).
 """
-
-from xtf_core.errors import MigrationError
 
 from ._xt import stacks
 
@@ -15,7 +14,7 @@ ops: list = []
 
 def upgrade_spec(spec: dict) -> dict:
     for stack in stacks(spec):
-        if stack.rotary:
+        if stack.rotary and not stack.pop("xtf_rotary_plain_values"):  # set for files before 0.15.0
             stack.set("xtf_rotary_values", True)
     return spec
 
@@ -23,8 +22,7 @@ def upgrade_spec(spec: dict) -> dict:
 def downgrade_spec(spec: dict) -> dict:
     for stack in stacks(spec):
         if stack.rotary and not stack.pop("xtf_rotary_values"):
-            raise MigrationError(
-                "x-transformers 0.15.0-1.19.1 rotate the values with rotary embeddings; this model does not, "
-                "so those releases cannot express it"
-            )
+            # plain values: releases before 0.15.0 (the 0.15.0 step takes the flag); 0.15.0-1.19.1 cannot
+            # express it, and exporting to them is refused while the flag is left over
+            stack.set("xtf_rotary_plain_values", True)
     return spec

@@ -101,6 +101,7 @@ class Attention(nn.Module):
         low_rank_silu_gates: bool = True,
         gate_value_heads: bool = False,
         rotate_values: bool = False,
+        out_bias: bool = False,
         rotate_num_heads: int | None = None,
         flash: bool = False,
         dropout: float = 0.0,
@@ -284,9 +285,9 @@ class Attention(nn.Module):
         if project_out is None:
             project_out = heads > 1 or dim != dim_out or on_attn
         if project_out and on_attn:
-            self.to_out: nn.Module = nn.Sequential(nn.Linear(out_dim, dim_out * 2, bias=False), nn.GLU())
+            self.to_out: nn.Module = nn.Sequential(nn.Linear(out_dim, dim_out * 2, bias=out_bias), nn.GLU())
         elif project_out:
-            self.to_out = nn.Linear(out_dim, dim_out, bias=False)
+            self.to_out = nn.Linear(out_dim, dim_out, bias=out_bias)
         elif out_dim != dim_out:
             raise ValueError(
                 f"without an output projection the attention output ({out_dim}) must have the model dim ({dim_out})"

@@ -51,6 +51,7 @@ class LayerOptions:
     xtf_rotary_values: bool = False  # rotary positions also rotate the values (0.15 - 1.19)
     xtf_gate_values_bias: bool = False  # the value gate projection has a bias (< 2.26)
     xtf_unnormed_mems: bool = False  # Transformer-XL memories skip the pre-norm (< 1.27.5)
+    xtf_attn_out_bias: bool = False  # attention output projections have a bias (< 0.26)
 
 
 LAYER_OPTIONS = frozenset(f.name for f in fields(LayerOptions))

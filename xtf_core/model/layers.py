@@ -129,13 +129,22 @@ class AttentionLayers(SpecRecorder, nn.Module):
             is_last = index == len(self.layer_types) - 1
             if layer_type == "a":
                 block: nn.Module = Attention(
-                    o.dim, heads=o.heads, causal=o.causal, rotate_values=o.xtf_rotary_values, **attn_kwargs
+                    o.dim,
+                    heads=o.heads,
+                    causal=o.causal,
+                    rotate_values=o.xtf_rotary_values,
+                    out_bias=o.xtf_attn_out_bias,
+                    **attn_kwargs,
                 )
             elif layer_type == "c":
                 if not o.cross_attend:
                     raise SpecError(f"{owner}: custom_layers has 'c' but cross_attend is False")
                 block = Attention(
-                    o.dim, heads=o.heads, **cross_kwargs, gate_values_bias=o.xtf_gate_values_bias
+                    o.dim,
+                    heads=o.heads,
+                    **cross_kwargs,
+                    gate_values_bias=o.xtf_gate_values_bias,
+                    out_bias=o.xtf_attn_out_bias,
                 )
             else:
                 block = FeedForward(o.dim, **ff_kwargs)

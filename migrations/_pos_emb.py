@@ -1,0 +1,33 @@
+"""The absolute position embedding tables of a spec, for the steps that rescale them (no torch)."""
+
+from __future__ import annotations
+
+import math
+
+from xtf_core.chain import ValueTransform
+
+from ._xt import stacks
+
+
+def rescale(spec: dict, up: bool, what: str) -> list:
+    """Multiply (`up`) or divide every absolute position table by sqrt(its width).
+
+    The pattern has a wildcard, so a model without absolute positions (rotary, relative bias,
+    `use_abs_pos_emb=False`) matches nothing and is left alone.
+    """
+    found = []
+    for stack in stacks(spec):
+        if stack.wrapper is None:
+            continue
+        width = stack.wrapper_get("emb_dim") or stack.dim
+        root = math.sqrt(width)
+        grow, shrink = (lambda t, r=root: t * r), (lambda t, r=root: t / r)
+        found.append(
+            ValueTransform(
+                f"{stack.wrapper}pos_emb.*.weight",
+                forward=grow if up else shrink,
+                backward=shrink if up else grow,
+                description=f"{what}: {'*' if up else '/'} sqrt({width})",
+            )
+        )
+    return found
