@@ -153,13 +153,17 @@ def z_loss(pre_softmax_attns: list[Tensor], weight: float = 1.0) -> Tensor:
 
 
 def check_forward_kwargs(
-    owner: str, kwargs: dict[str, Any], target: Any, *, passed: tuple[str, ...] = ()
+    owner: str, kwargs: dict[str, Any], target: Any, *, passed: tuple[str, ...] = (), also: Any = ()
 ) -> None:
     """Forward keywords the wrapper hands on must be ones `target` takes; others are refused by name."""
     accepted = set(inspect.signature(target).parameters) - {"self", "x"} - set(passed)
     for key, value in kwargs.items():
         if key not in accepted:
-            refuse_forward(owner, key, value, accepted)
+            refuse_forward(owner, key, value, accepted | set(also))
+
+
+def _own_keywords(module: nn.Module) -> set[str]:
+    return set(inspect.signature(module.forward).parameters) - {"kwargs", "x"}
 
 
 def refuse_forward(owner: str, key: str, value: Any, accepted: set[str] | frozenset[str]) -> NoReturn:
@@ -342,7 +346,9 @@ class TransformerWrapper(SpecRecorder, nn.Module):
                 if value != neutral and not (key == "looped_pred_all_logits" and not self.looped):
                     refuse_forward(owner, key, value, set())
         if kwargs:
-            check_forward_kwargs(owner, kwargs, self.attn_layers.forward, passed=_PASSED_TO_LAYERS)
+            check_forward_kwargs(
+                owner, kwargs, self.attn_layers.forward, passed=_PASSED_TO_LAYERS, also=_own_keywords(self)
+            )
         if input_not_include_cache is None:
             input_not_include_cache = self.input_not_include_cache
         if x is None:
@@ -574,7 +580,11 @@ class ContinuousTransformerWrapper(SpecRecorder, nn.Module):
     ) -> Any:
         if kwargs:
             check_forward_kwargs(
-                "ContinuousTransformerWrapper", kwargs, self.attn_layers.forward, passed=_PASSED_TO_LAYERS
+                "ContinuousTransformerWrapper",
+                kwargs,
+                self.attn_layers.forward,
+                passed=_PASSED_TO_LAYERS,
+                also=_own_keywords(self),
             )
         batch, seq, device = x.shape[0], x.shape[1], x.device
         if lens is not None:
