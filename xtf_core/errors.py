@@ -31,6 +31,12 @@ def bounded(value: object, limit: int = MAX_ECHO_CHARS) -> str:
     return f"{text[:limit]}… ({size})"
 
 
+def cut(text: str, limit: int = MAX_ECHO_CHARS) -> str:
+    """Plain text (no quotes) cut to `limit` characters, with `…` and its full length when cut."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
 _REPR = reprlib.Repr()
 _REPR.maxlevel = 4
 _REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 40

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from packaging.version import InvalidVersion, Version
 
-from xtf_core.errors import CheckpointFormatError, VersionError, bounded
+from xtf_core.errors import CheckpointFormatError, VersionError, bounded, cut
 
 if TYPE_CHECKING:
     from xtf_core.checkpoint.header import CheckpointHeaders
@@ -195,7 +195,7 @@ def check_shard_stamps(headers: CheckpointHeaders) -> None:
         seen.setdefault(_stamp_identity(metadata), []).append(name)
     if len(seen) > 1:
         parts = [
-            f"{_describe_identity(identity)} in {', '.join(bounded(n, 80) for n in names[:3])}"
+            f"{_describe_identity(identity)} in {', '.join(cut(n, 80) for n in names[:3])}"
             + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
             for identity, names in list(seen.items())[:4]
         ]
@@ -224,7 +224,7 @@ def _describe_identity(identity: object) -> str:
     if identity is None:
         return "no stamp"
     _, lineage, version = identity  # type: ignore[misc]
-    return f"{bounded(lineage, 40)}=={bounded(version, 40) if version is not None else '(no version)'}"
+    return f"{cut(str(lineage), 40)}=={cut(str(version), 40) if version is not None else '(no version)'}"
 
 
 def read_checkpoint_stamp(headers: CheckpointHeaders) -> tuple[Stamp, dict]:
