@@ -201,7 +201,7 @@ def _context_inputs(batch: int = 3, seq: int = 4, ctx: int = 5):
 
 
 def _cross_blocks(model: Any) -> list[Attention]:
-    return [block for t, (_, block) in zip(model.layer_types, model.layers) if t == "c"]
+    return [layer[1] for t, layer in zip(model.layer_types, model.layers) if t == "c"]
 
 
 @pytest.mark.parametrize("path", sorted(PATHS))

@@ -45,6 +45,43 @@ class LayerOptions:
     sandwich_norm: bool = False
     disable_abs_pos_emb: bool | None = None
     verbose: bool = True
+    # Options of x-transformers 2.31.10 added with issue 10 (same defaults).
+    only_attn: bool = False
+    macaron: bool = False
+    pre_and_post_norm: bool = False
+    use_dynamic_tanh: bool = False
+    dynamic_tanh_init_alpha: float = 1.0
+    use_derf: bool = False
+    use_adaptive_layernorm: bool = False
+    use_adaptive_rmsnorm: bool = False
+    use_adaptive_layerscale: bool = False
+    dim_condition: int | None = None
+    adaptive_condition_mlp: bool = False
+    adaptive_condition_mlp_expansion: int = 4
+    dynamic_pos_bias: bool = False
+    dynamic_pos_bias_log_distance: bool = False
+    dynamic_pos_bias_mlp_depth: int = 2
+    dynamic_pos_bias_norm: bool = False
+    weight_tie_layers: bool = False
+    layers_execute_order: tuple[int, ...] | None = None
+    gate_residual: bool = False
+    scale_residual: bool | float = False
+    scale_residual_constant: float = 1.0
+    depth_scale_residual: bool | float = False
+    shift_tokens: int | tuple[int, ...] = 0
+    softclamp_output: bool = False
+    softclamp_output_value: float = 30.0
+    use_layerscale: bool = False
+    layerscale_init_value: float = 0.0
+    unet_skips: bool = False
+    reinject_input: bool = False
+    learned_reinject_input_gate: bool = False
+    add_value_residual: bool = False
+    learned_value_residual_mix: bool = True
+    # Training-only options (no weights, no effect in eval mode).
+    zero_init_branch_output: bool = False
+    layer_dropout: float | tuple[float, ...] = 0.0
+    cross_attn_tokens_dropout: float = 0.0
     # Legacy behaviours, set only by migrations of old x-transformers checkpoints (see docs/compatibility.md).
     xtf_norm_bias: bool = False  # LayerNorms carry a bias `beta` (x-transformers < 1.27)
     xtf_final_norm_layernorm: bool = False  # the final norm is a LayerNorm whatever the norm kind (< 1.15)
@@ -57,14 +94,61 @@ class LayerOptions:
 LAYER_OPTIONS = frozenset(f.name for f in fields(LayerOptions))
 
 
+def default_block(o: LayerOptions) -> tuple[str, ...]:
+    """The block types of one transformer layer in the plain `depth` layout."""
+    if o.cross_attend and not o.only_cross:
+        block: tuple[str, ...] = ("a", "c", "f")
+    elif o.cross_attend:
+        block = ("c", "f")
+    else:
+        block = ("a", "f")
+    if o.macaron:
+        block = ("f",) + block
+    if o.only_attn:
+        block = tuple(t for t in block if t != "f")
+    return block
+
+
 def layer_types_for(o: LayerOptions) -> tuple[str, ...]:
     """The block order: 'a' self-attention, 'c' cross-attention, 'f' feed-forward."""
-    if o.cross_attend and not o.only_cross:
-        default_block: tuple[str, ...] = ("a", "c", "f")
-    elif o.cross_attend:
-        default_block = ("c", "f")
-    else:
-        default_block = ("a", "f")
+    block = default_block(o)
+    if o.weight_tie_layers:
+        if o.custom_layers is not None or o.par_ratio is not None or o.sandwich_coef is not None:
+            raise SpecError(
+                "weight_tie_layers cannot be combined with custom_layers, par_ratio or sandwich_coef"
+            )
+        if o.depth is None:
+            raise SpecError("weight_tie_layers needs 'depth'")
+        if o.layers_execute_order is not None:
+            raise SpecError("weight_tie_layers cannot be combined with layers_execute_order")
+        return block
+    if o.only_attn and o.custom_layers is not None and "f" in o.custom_layers:
+        raise SpecError("only_attn cannot be combined with feed-forward blocks in custom_layers")
+    types = _layer_types(o, block)
+    return tuple(t for t in types if t != "f") if o.only_attn else types
+
+
+def layers_execute_order_for(o: LayerOptions, num_layers: int) -> tuple[int, ...]:
+    """The order in which the stored blocks run (weight tying repeats the one stored block `depth` times)."""
+    if o.weight_tie_layers:
+        assert o.depth is not None
+        return tuple(range(num_layers)) * o.depth
+    if o.layers_execute_order is not None:
+        order = tuple(o.layers_execute_order)
+        if any(not 0 <= i < num_layers for i in order):
+            raise SpecError(f"layers_execute_order {order} names a block outside 0..{num_layers - 1}")
+        return order
+    return tuple(range(num_layers))
+
+
+def default_block_length(o: LayerOptions) -> int:
+    """Blocks per transformer layer for the plain `depth` layout (1 for custom, par and sandwich layouts)."""
+    if o.custom_layers is not None or o.par_ratio is not None or o.sandwich_coef is not None:
+        return 1
+    return len(default_block(o))
+
+
+def _layer_types(o: LayerOptions, default_block: tuple[str, ...]) -> tuple[str, ...]:
     if o.custom_layers is not None:
         bad = [t for t in o.custom_layers if t not in ("a", "c", "f")]
         if bad:

@@ -1,26 +1,37 @@
 """The attention stack (`AttentionLayers`, `Encoder`, `Decoder`, `CrossAttender`).
 
 State-dict layout, as in x-transformers 2.31: `layers.{i}.0.{0,1,2}` are the pre-branch, post-branch
-(sandwich) and post-main norms of block i, `layers.{i}.1` is the attention or feed-forward module;
-`final_norm`, `rotary_pos_emb.inv_freq` and `rel_pos.*` sit beside them.
+(sandwich) and post-main norms of block i, `layers.{i}.1` is the attention or feed-forward module (under
+`.fn.` once per wrapper: macaron half-step, token shift, layer scale, branch scale), `layers.{i}.2` the
+residual (`residual_scale`, or the `gru` of gated residuals); `final_norm`, `rotary_pos_emb.inv_freq`,
+`rel_pos.*`, `adaptive_mlp.*`, `skip_combines.*` and `reinject_input_proj` sit beside them.
 """
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import SpecError
+from ..errors import SpecError, UnsupportedOptionError
 from .attend import AttentionIntermediates
 from .attention import Attention
 from .feedforward import FeedForward
-from .layer_plan import LAYER_OPTIONS, LayerOptions, layer_types_for
-from .norms import LayerNorm, norm_class
+from .layer_plan import (
+    LAYER_OPTIONS,
+    LayerOptions,
+    default_block_length,
+    layer_types_for,
+    layers_execute_order_for,
+)
+from .norms import AdaptiveLayerNorm, AdaptiveRMSNorm, Derf, DynamicTanh, LayerNorm, norm_class
 from .options import split_prefixed
-from .positions import AlibiPositionalBias, RelativePositionBias, RotaryEmbedding
+from .positions import AlibiPositionalBias, DynamicPositionBias, RelativePositionBias, RotaryEmbedding
 from .spec_record import SpecRecorder
 
 
@@ -34,6 +45,210 @@ class LayerIntermediates:
     cache_length: int = 0
     mems: list[Tensor] | None = None
     memory_tokens: Tensor | None = None
+
+
+# ---------------------------------------------------------------------------------------------- block parts
+
+
+def _scale_first(out: Any, scale: Tensor | float) -> Any:
+    """Scale a branch output (a tensor, or the first item of an attention block's `(out, inter)`)."""
+    if isinstance(out, Tensor):
+        return out * scale
+    first, *rest = out
+    return (first * scale, *rest)
+
+
+class Scale(nn.Module):
+    """Multiply the wrapped block's output by a constant (macaron's half step, a float `scale_residual`)."""
+
+    def __init__(self, scale: float, fn: nn.Module) -> None:
+        super().__init__()
+        self.scale = scale
+        self.fn = fn
+
+    def forward(self, x: Tensor, **kwargs: Any) -> Any:
+        out = self.fn(x, **kwargs)
+        return out if self.scale == 1.0 else _scale_first(out, self.scale)
+
+
+def _shift(t: Tensor, amount: int, mask: Tensor | None) -> Tensor:
+    if amount == 0:
+        return t
+    amount = min(amount, t.shape[1])
+    if mask is not None:
+        t = t.masked_fill(~mask[..., None], 0.0)
+    if amount > 0:
+        return F.pad(t, (0, 0, amount, 0))[:, : t.shape[1]]
+    return F.pad(t, (0, 0, 0, -amount))[:, -amount:]
+
+
+class ShiftTokens(nn.Module):
+    """Shift feature groups along the sequence before the block: group k by `shifts[k]` positions."""
+
+    def __init__(self, shifts: tuple[int, ...], fn: nn.Module) -> None:
+        super().__init__()
+        self.shifts = shifts
+        self.fn = fn
+
+    def forward(self, x: Tensor, **kwargs: Any) -> Any:
+        mask = kwargs.get("mask")
+        segments = len(self.shifts)
+        parts = x.split(x.shape[-1] // segments, dim=-1)
+        shifted = [_shift(t, amount, mask) for t, amount in zip(parts[:segments], self.shifts)]
+        return self.fn(torch.cat((*shifted, *parts[segments:]), dim=-1), **kwargs)
+
+
+class LayerScale(nn.Module):
+    """Learned per-feature gain on the branch output; with `unit_offset` the stored `gamma` is gain - 1."""
+
+    def __init__(self, fn: nn.Module, dim: int, init_value: float = 0.0, unit_offset: bool = False) -> None:
+        super().__init__()
+        self.fn = fn
+        self.unit_offset = unit_offset
+        self.gamma = nn.Parameter(torch.full((dim,), float(init_value) - float(unit_offset)))
+
+    def forward(self, x: Tensor, **kwargs: Any) -> Any:
+        return _scale_first(self.fn(x, **kwargs), self.gamma + float(self.unit_offset))
+
+
+class AdaptiveLayerScale(nn.Module):
+    """Branch-output gain `sigmoid(to_gamma(condition))` (ada-LN-zero); starts near sigmoid(-2)."""
+
+    def __init__(self, fn: nn.Module, dim: int, dim_condition: int, init_bias_value: float = -2.0) -> None:
+        super().__init__()
+        self.fn = fn
+        self.to_gamma = nn.Linear(dim_condition, dim)
+        nn.init.zeros_(self.to_gamma.weight)
+        nn.init.constant_(self.to_gamma.bias, init_bias_value)
+
+    def forward(self, x: Tensor, *, condition: Tensor, **kwargs: Any) -> Any:
+        if condition.ndim == 2:
+            condition = condition[:, None]
+        return _scale_first(self.fn(x, **kwargs), self.to_gamma(condition).sigmoid())
+
+
+class Residual(nn.Module):
+    """`branch + residual`, the residual optionally scaled by a learned gain and a constant."""
+
+    def __init__(
+        self, dim: int, scale_residual: bool | float = False, scale_residual_constant: float = 1.0
+    ) -> None:
+        super().__init__()
+        self.residual_scale = nn.Parameter(torch.ones(dim)) if scale_residual else None
+        self.scale_residual_constant = scale_residual_constant
+
+    def forward(self, x: Tensor, residual: Tensor) -> Tensor:
+        if self.residual_scale is not None:
+            residual = residual * self.residual_scale
+        if self.scale_residual_constant != 1:
+            residual = residual * self.scale_residual_constant
+        return x + residual
+
+
+class GRUGating(nn.Module):
+    """A GRU cell merges the branch output (input) with the residual (hidden state), per position."""
+
+    def __init__(self, dim: int, scale_residual: bool | float = False, **_: Any) -> None:
+        super().__init__()
+        self.gru = nn.GRUCell(dim, dim)
+        self.residual_scale = nn.Parameter(torch.ones(dim)) if scale_residual else None
+
+    def forward(self, x: Tensor, residual: Tensor) -> Tensor:
+        if self.residual_scale is not None:
+            residual = residual * self.residual_scale
+        out = self.gru(x.reshape(-1, x.shape[-1]), residual.reshape(-1, x.shape[-1]))
+        return out.reshape_as(x)
+
+
+class ConcatCombine(nn.Module):
+    """U-Net skip: concatenate an earlier layer's input with the current one and project back to dim."""
+
+    def __init__(self, dim: int, prev_layer_ind: int) -> None:
+        super().__init__()
+        self.prev_layer_ind = prev_layer_ind
+        self.combine = nn.Linear(dim * 2, dim, bias=False)
+
+    def forward(self, x: Tensor, prev_layers: list[Tensor]) -> Tensor:
+        return self.combine(torch.cat((prev_layers[self.prev_layer_ind], x), dim=-1))
+
+
+def dropout_seq(seq: Tensor, mask: Tensor | None, dropout: float) -> tuple[Tensor, Tensor | None]:
+    """Keep a random subset of `1 - dropout` of the positions of `seq` (structured token dropout), in
+    x-transformers' order of random draws."""
+    b, n = seq.shape[:2]
+    logits = torch.randn(b, n, device=seq.device)
+    if mask is not None:
+        logits = logits.masked_fill(~mask, -torch.finfo(logits.dtype).max)
+    keep_prob = 1.0 - dropout
+    num_keep = max(1, int(keep_prob * n))
+    keep = logits.topk(num_keep, dim=1).indices
+    rows = torch.arange(b, device=seq.device)[:, None]
+    seq = seq[rows, keep]
+    if mask is not None:
+        keep_counts = torch.ceil(mask.sum(dim=-1) * keep_prob).int()
+        mask = mask[rows, keep] & (torch.arange(num_keep, device=seq.device) < keep_counts[:, None])
+    return seq, mask
+
+
+def _repeat_blocks_order(repeat_blocks: Any, num_blocks: int, block_len: int) -> tuple[int, ...]:
+    """x-transformers' `repeat_blocks=((start, end), repeats)` as an explicit layer execution order."""
+    if isinstance(repeat_blocks, tuple) and len(repeat_blocks) == 2 and isinstance(repeat_blocks[1], int):
+        repeat_blocks = (repeat_blocks,)
+    groups: dict[int, tuple[int, int]] = {}
+    for span, repeats in repeat_blocks:
+        begin, end = span if isinstance(span, (tuple, list)) else (span, span)
+        if begin > end:
+            raise ValueError(f"repeat_blocks: start {begin} after end {end}")
+        groups[begin] = (end, repeats)
+    blocks: list[int] = []
+    current = 0
+    while current < num_blocks:
+        if current not in groups:
+            blocks.append(current)
+            current += 1
+            continue
+        end, repeats = groups[current]
+        if end >= num_blocks:
+            raise ValueError(f"repeat_blocks: group ends at block {end}, but there are {num_blocks} blocks")
+        blocks.extend(list(range(current, end + 1)) * repeats)
+        current = end + 1
+    return tuple(i for blk in blocks for i in range(blk * block_len, (blk + 1) * block_len))
+
+
+# Forward keywords of x-transformers 2.31.10's AttentionLayers that xtf does not implement, with the value at
+# which they change nothing.
+REFUSED_FORWARD_KWARGS: dict[str, Any] = {
+    "return_gumbel_log_probs": False,
+    "rotary_pos_emb": None,
+    "polar_pos_emb": None,
+    "context_pos": None,
+    "attn_bias": None,
+    "deep_embeds_and_ids": None,
+    "self_attn_additional_kv": None,
+    "additional_kv_mask": None,
+    "detach_additional_kv": False,
+    "route_additional_kv_to_top": True,
+    "self_attn_kv_residuals": None,
+    "cross_attn_kv_residuals": None,
+    "flash_pack_seq_kwargs": None,
+    "flash_pack_seq_context_kwargs": None,
+    "causal": None,
+}
+
+
+def _refuse_forward_kwargs(owner: str, kwargs: dict[str, Any]) -> None:
+    for key, value in kwargs.items():
+        if key not in REFUSED_FORWARD_KWARGS:
+            raise TypeError(f"{owner}.forward() got an unexpected keyword argument '{key}'")
+        neutral = REFUSED_FORWARD_KWARGS[key]
+        if value is neutral or (isinstance(value, bool) and value == neutral):
+            continue
+        raise UnsupportedOptionError(
+            f"{owner}.forward: keyword '{key}' is not supported by the xtf core; leave it at {neutral!r}"
+        )
+
+
+# ---------------------------------------------------------------------------------------------- the stack
 
 
 class AttentionLayers(SpecRecorder, nn.Module):
@@ -51,8 +266,9 @@ class AttentionLayers(SpecRecorder, nn.Module):
         attn_kwargs, cross_kwargs, ff_kwargs = split_prefixed(
             owner, {k: v for k, v in kwargs.items() if k not in LAYER_OPTIONS}, LAYER_OPTIONS
         )
-        if isinstance(layer_kwargs.get("custom_layers"), list):
-            layer_kwargs["custom_layers"] = tuple(layer_kwargs["custom_layers"])
+        for key in ("custom_layers", "layers_execute_order", "shift_tokens", "layer_dropout"):
+            if isinstance(layer_kwargs.get(key), list):
+                layer_kwargs[key] = tuple(layer_kwargs[key])
         o = LayerOptions(**layer_kwargs)
         self.options = o
         self.dim, self.causal, self.cross_attend = o.dim, o.causal, o.cross_attend
@@ -62,16 +278,42 @@ class AttentionLayers(SpecRecorder, nn.Module):
         self.disable_abs_pos_emb = (
             o.disable_abs_pos_emb if o.disable_abs_pos_emb is not None else (o.rel_pos_bias or rotary)
         )
-        if sum(map(bool, (o.alibi_pos_bias, o.rel_pos_bias))) > 1:
-            raise SpecError(f"{owner}: choose at most one of alibi_pos_bias and rel_pos_bias")
-        if sum(map(bool, (o.use_scalenorm, o.use_rmsnorm, o.use_simple_rmsnorm))) > 1:
-            raise SpecError(f"{owner}: choose at most one of use_scalenorm, use_rmsnorm, use_simple_rmsnorm")
+        if sum(map(bool, (o.alibi_pos_bias, o.rel_pos_bias, o.dynamic_pos_bias))) > 1:
+            raise SpecError(
+                f"{owner}: choose at most one of alibi_pos_bias, rel_pos_bias and dynamic_pos_bias"
+            )
+        norm_flags = (
+            o.use_scalenorm,
+            o.use_rmsnorm,
+            o.use_simple_rmsnorm,
+            o.use_dynamic_tanh,
+            o.use_derf,
+            o.use_adaptive_layernorm,
+            o.use_adaptive_rmsnorm,
+        )
+        if sum(map(bool, norm_flags)) > 1:
+            raise SpecError(
+                f"{owner}: choose at most one of use_scalenorm, use_rmsnorm, use_simple_rmsnorm, use_dynamic_tanh, "
+                "use_derf, use_adaptive_layernorm, use_adaptive_rmsnorm"
+            )
+        if o.use_layerscale and o.use_adaptive_layerscale:
+            raise SpecError(f"{owner}: choose at most one of use_layerscale and use_adaptive_layerscale")
+        if o.use_dynamic_tanh and not o.pre_norm:
+            raise SpecError(f"{owner}: use_dynamic_tanh needs pre_norm=True")
         if o.rotary_xpos and not o.causal:
             raise SpecError(f"{owner}: rotary_xpos needs causal attention (a Decoder)")
         if o.sandwich_norm and not o.pre_norm:
             raise SpecError(f"{owner}: sandwich_norm needs pre_norm=True")
-        if attn_kwargs.get("flash") and (o.residual_attn or o.cross_residual_attn or o.rel_pos_bias):
-            raise SpecError(f"{owner}: attn_flash cannot be combined with residual attention or rel_pos_bias")
+        if attn_kwargs.get("flash") and (
+            o.residual_attn or o.cross_residual_attn or o.rel_pos_bias or o.dynamic_pos_bias
+        ):
+            raise SpecError(
+                f"{owner}: attn_flash cannot be combined with residual attention, rel_pos_bias or dynamic_pos_bias"
+            )
+        if o.only_attn and (o.layers_execute_order is not None or o.unet_skips):
+            raise SpecError(f"{owner}: only_attn cannot be combined with layers_execute_order or unet_skips")
+        if o.layers_execute_order is not None and o.custom_layers is not None and o.depth is not None:
+            raise SpecError(f"{owner}: do not pass depth with custom_layers and layers_execute_order")
 
         rotary_dim = o.rotary_emb_dim if o.rotary_emb_dim is not None else dim_head // 2
         if rotary_dim > dim_head:
@@ -98,66 +340,178 @@ class AttentionLayers(SpecRecorder, nn.Module):
                 num_buckets=o.rel_pos_num_buckets,
                 max_distance=o.rel_pos_max_distance,
             )
+        elif o.dynamic_pos_bias:
+            self.rel_pos = DynamicPositionBias(
+                o.dim // 4,
+                heads=o.heads,
+                depth=o.dynamic_pos_bias_mlp_depth,
+                log_distance=o.dynamic_pos_bias_log_distance,
+                norm=o.dynamic_pos_bias_norm,
+            )
         elif o.alibi_pos_bias:
             alibi_heads = o.alibi_num_heads if o.alibi_num_heads is not None else o.heads
             if alibi_heads > o.heads:
                 raise SpecError(f"{owner}: alibi_num_heads ({alibi_heads}) exceeds heads ({o.heads})")
             self.rel_pos = AlibiPositionalBias(alibi_heads, o.heads)
 
+        # normalisation (adaptive norms read a condition; the others store their gains with a unit offset)
+        pre_norm = o.pre_norm or o.pre_and_post_norm
+        self.norm_need_condition = o.use_adaptive_layernorm or o.use_adaptive_rmsnorm
+        self.dim_condition = o.dim_condition if o.dim_condition is not None else o.dim
+        dim_condition_inner = self.dim_condition * (
+            o.adaptive_condition_mlp_expansion if o.adaptive_condition_mlp else 1
+        )
         norm_cls = norm_class(
             use_rmsnorm=o.use_rmsnorm, use_scalenorm=o.use_scalenorm, use_simple_rmsnorm=o.use_simple_rmsnorm
         )
 
         def make_norm(final: bool = False) -> nn.Module:
+            if o.use_adaptive_layernorm:
+                return AdaptiveLayerNorm(o.dim, dim_condition=dim_condition_inner)
+            if o.use_adaptive_rmsnorm:
+                return AdaptiveRMSNorm(o.dim, dim_condition=dim_condition_inner)
+            if o.use_dynamic_tanh:
+                return DynamicTanh(
+                    o.dim, init_alpha=o.dynamic_tanh_init_alpha, unit_offset=o.norm_add_unit_offset
+                )
+            if o.use_derf:
+                return Derf(o.dim, unit_offset=o.norm_add_unit_offset)
             if norm_cls is LayerNorm or (final and o.xtf_final_norm_layernorm):
                 return LayerNorm(o.dim, unit_offset=o.norm_add_unit_offset, bias=o.xtf_norm_bias)
             return norm_cls(o.dim, unit_offset=o.norm_add_unit_offset)
 
+        self.post_branch_needs_condition = o.use_adaptive_layerscale
+        self.need_condition = self.norm_need_condition or self.post_branch_needs_condition
+        self.adaptive_mlp: nn.Module = nn.Identity()
+        if self.need_condition and o.adaptive_condition_mlp:
+            self.adaptive_mlp = nn.Sequential(
+                nn.Linear(self.dim_condition, dim_condition_inner, bias=False), nn.SiLU()
+            )
+
         self.layer_types = layer_types_for(o)
+        self.layers_execute_order = layers_execute_order_for(o, len(self.layer_types))
+        self.block_len = default_block_length(o)
         self.num_attn_layers = self.layer_types.count("a")
-        self.depth = o.depth if o.depth is not None else len(self.layer_types)
+        if o.weight_tie_layers:
+            self.depth = 1
+        else:
+            self.depth = o.depth if o.depth is not None else len(self.layers_execute_order)
         self.pre_norm, self.residual_attn, self.cross_residual_attn = (
-            o.pre_norm,
+            pre_norm,
             o.residual_attn,
             o.cross_residual_attn,
         )
+
+        # residual branch scaling: a float depth_scale_residual / scale_residual scales every branch output;
+        # a True depth_scale_residual only rescales the output projections at init
+        residual_scale: float | None = None
+        if isinstance(o.depth_scale_residual, (int, float)) and not isinstance(o.depth_scale_residual, bool):
+            residual_scale = float(o.depth_scale_residual)
+        elif isinstance(o.scale_residual, (int, float)) and not isinstance(o.scale_residual, bool):
+            residual_scale = float(o.scale_residual)
+        depth_scaled_init = o.depth_scale_residual is True
+        n_types = len(self.layer_types)
+        shift_tokens = o.shift_tokens if isinstance(o.shift_tokens, tuple) else (o.shift_tokens,) * n_types
+        layer_dropout = (
+            o.layer_dropout if isinstance(o.layer_dropout, tuple) else (o.layer_dropout,) * n_types
+        )
+        if len(shift_tokens) != n_types or len(layer_dropout) != n_types:
+            raise SpecError(
+                f"{owner}: per-layer shift_tokens / layer_dropout need one value per block ({n_types})"
+            )
+        self.layer_dropouts = layer_dropout
+
         cross_kwargs = {**attn_kwargs, **cross_kwargs}
         cross_kwargs.pop("gate_values_bias", None)
-        self.layers = nn.ModuleList()
         attn_kwargs = {**attn_kwargs, "gate_values_bias": o.xtf_gate_values_bias}
-        for index, layer_type in enumerate(self.layer_types):
+
+        num_skips = self.depth // self.block_len
+        if o.unet_skips and num_skips == 0:
+            raise SpecError(f"{owner}: unet_skips needs a depth of at least 2")
+        skip_indices = [i * self.block_len for i in range(num_skips)]
+        skip_combines: list[nn.Module | None] = []
+
+        self.layers = nn.ModuleList()
+        first_self_attn = True
+        for index, (layer_type, layer_shift) in enumerate(zip(self.layer_types, shift_tokens)):
             is_last = index == len(self.layer_types) - 1
+            block_begin = index % self.block_len == 0
+            block_ind = index // self.block_len
+            # init-only options: a zero or depth-scaled output projection (zero wins, as in x-transformers)
+            branch_init: dict[str, Any] = {"output_proj_depth": block_ind + 1} if depth_scaled_init else {}
+            if o.zero_init_branch_output:
+                branch_init = {**branch_init, "zero_init_output": True}
             if layer_type == "a":
+                value_mix = o.add_value_residual and o.learned_value_residual_mix and not first_self_attn
+                extra = {"learned_value_residual_mix": True} if value_mix else {}
                 block: nn.Module = Attention(
                     o.dim,
                     heads=o.heads,
                     causal=o.causal,
                     rotate_values=o.xtf_rotary_values,
                     out_bias=o.xtf_attn_out_bias,
-                    **attn_kwargs,
+                    **{**attn_kwargs, **branch_init, **extra},
                 )
+                first_self_attn = False
             elif layer_type == "c":
                 if not o.cross_attend:
                     raise SpecError(f"{owner}: custom_layers has 'c' but cross_attend is False")
                 block = Attention(
                     o.dim,
                     heads=o.heads,
-                    **cross_kwargs,
+                    **{**cross_kwargs, **branch_init},
                     gate_values_bias=o.xtf_gate_values_bias,
                     out_bias=o.xtf_attn_out_bias,
                 )
             else:
-                block = FeedForward(o.dim, **ff_kwargs)
+                block = FeedForward(o.dim, **{**ff_kwargs, **branch_init})
+            if layer_type == "f" and o.macaron:
+                block = Scale(0.5, block)
+            if layer_shift > 0:
+                block = ShiftTokens(tuple(range(-layer_shift if not o.causal else 0, layer_shift + 1)), block)
+            if o.use_layerscale:
+                block = LayerScale(block, o.dim, o.layerscale_init_value, unit_offset=o.norm_add_unit_offset)
+            elif o.use_adaptive_layerscale:
+                block = AdaptiveLayerScale(block, o.dim, dim_condition_inner)
+            if residual_scale is not None and residual_scale != 1.0:
+                block = Scale(residual_scale, block)
+            residual: nn.Module = (
+                GRUGating(o.dim, scale_residual=o.scale_residual)
+                if o.gate_residual
+                else Residual(o.dim, o.scale_residual, o.scale_residual_constant)
+            )
+            if o.unet_skips and block_begin and block_ind >= self.depth / 2:
+                if not skip_indices:
+                    raise SpecError(
+                        f"{owner}: unet_skips has more skip targets than skip sources in this layout"
+                    )
+                skip_combines.append(ConcatCombine(o.dim, skip_indices.pop()))
+            else:
+                skip_combines.append(None)
             norms = nn.ModuleList(
                 [
-                    make_norm() if o.pre_norm else None,
+                    make_norm() if pre_norm else None,
                     make_norm() if o.sandwich_norm else None,
-                    make_norm(final=is_last) if not o.pre_norm else None,
+                    make_norm(final=is_last) if (not pre_norm or o.pre_and_post_norm) else None,
                 ]
             )
-            self.layers.append(nn.ModuleList([norms, block]))
-        self.final_norm = (
-            make_norm(final=True) if (o.pre_norm and o.pre_norm_has_final_norm) else nn.Identity()
+            self.layers.append(nn.ModuleList([norms, block, residual]))
+        self.skip_combines = nn.ModuleList(skip_combines) if o.unet_skips else None
+        has_final_norm = pre_norm and o.pre_norm_has_final_norm and not o.pre_and_post_norm
+        self.final_norm = make_norm(final=True) if has_final_norm else nn.Identity()
+        self.reinject_input_proj = nn.Linear(o.dim, o.dim, bias=False) if o.reinject_input else None
+        self.learned_reinject_input_gate = (
+            nn.Linear(o.dim, 1, bias=False) if o.learned_reinject_input_gate else None
+        )
+        # plain stacks skip the per-option work in forward
+        self.plain = not (
+            self.need_condition
+            or o.unet_skips
+            or o.reinject_input
+            or o.add_value_residual
+            or o.softclamp_output
+            or any(p > 0 for p in layer_dropout)
+            or o.cross_attn_tokens_dropout > 0
         )
         self.can_cache_kv = True
 
@@ -179,16 +533,54 @@ class AttentionLayers(SpecRecorder, nn.Module):
         return_hiddens: bool = False,
         return_attn: bool = False,
         pos: Tensor | None = None,
+        condition: Tensor | None = None,
+        in_attn_cond: Tensor | None = None,
+        layers_execute_order: tuple[int, ...] | None = None,
+        repeat_blocks: Any = None,
+        transform_block_inputs: dict[int, Callable[[Tensor], Tensor]] | Callable[..., Tensor] | None = None,
+        **other: Any,
     ) -> Tensor | tuple[Tensor, LayerIntermediates]:
+        if other:
+            _refuse_forward_kwargs(type(self).__name__, other)
         if self.cross_attend != (context is not None):
             raise ValueError("context must be passed if and only if cross_attend=True")
+        if self.need_condition != (condition is not None):
+            raise ValueError(
+                "condition must be passed if and only if the stack uses adaptive norms or layer scale"
+            )
+        if condition is not None:
+            if condition.shape[-1] != self.dim_condition or condition.ndim not in (2, 3):
+                raise ValueError(
+                    f"expected a condition [b, {self.dim_condition}] or [b, n, {self.dim_condition}], "
+                    f"got {tuple(condition.shape)}"
+                )
+            if condition.ndim == 2:
+                condition = condition[:, None]
+            condition = self.adaptive_mlp(condition)
+        norm_kwargs = {"condition": condition} if self.norm_need_condition else {}
+        block_kwargs = {"condition": condition} if self.post_branch_needs_condition else {}
+
+        if repeat_blocks is not None:
+            if layers_execute_order is not None:
+                raise ValueError("pass either repeat_blocks or layers_execute_order, not both")
+            o = self.options
+            if o.custom_layers is not None or o.par_ratio is not None or o.sandwich_coef is not None:
+                raise ValueError("repeat_blocks needs the plain depth layout")
+            layers_execute_order = _repeat_blocks_order(
+                repeat_blocks, len(self.layer_types) // self.block_len, self.block_len
+            )
+        order = self.layers_execute_order if layers_execute_order is None else tuple(layers_execute_order)
+        if any(not 0 <= i < len(self.layers) for i in order):
+            raise ValueError(f"layers_execute_order {order} names a block outside 0..{len(self.layers) - 1}")
+        num_self_attn = sum(self.layer_types[i] == "a" for i in order)
+
         if seq_pos_offset is None:
             seq_pos_offset = cache.cache_length if cache is not None else 0
         mems_left = list(mems) if mems is not None else []
         mem_masks_left = list(mem_masks) if mem_masks is not None else []
-        if mems is not None and len(mems_left) != self.num_attn_layers:
+        if mems is not None and len(mems_left) != num_self_attn:
             raise ValueError(
-                f"expected {self.num_attn_layers} memories (one per self-attention layer), got {len(mems_left)}"
+                f"expected {num_self_attn} memories (one per self-attention layer run), got {len(mems_left)}"
             )
 
         if seq_start_pos is not None:
@@ -218,22 +610,61 @@ class AttentionLayers(SpecRecorder, nn.Module):
         cache_iter = iter(caches)
         next_cache_length = x.shape[1]
 
+        inject = None
+        if self.reinject_input_proj is not None:
+            if in_attn_cond is not None:
+                raise ValueError("in_attn_cond cannot be combined with reinject_input")
+            inject = self.reinject_input_proj(x)
+        elif in_attn_cond is not None:
+            inject = in_attn_cond if in_attn_cond.ndim == 3 else in_attn_cond[:, None]
+        if inject is not None and self.learned_reinject_input_gate is not None:
+            inject = inject * self.learned_reinject_input_gate(x).sigmoid()
+
         hiddens: list[Tensor] = []
         inters: list[AttentionIntermediates] = []
+        skip_hiddens: list[Tensor] = []
         prev_attn = prev_cross_attn = None
+        first_values: dict[str, Tensor] = {}
         need_logits = return_attn or self.residual_attn
-        for layer_type, (norms, block) in zip(self.layer_types, self.layers):
+        add_value_residual = self.options.add_value_residual
+        tokens_dropout = self.options.cross_attn_tokens_dropout if self.training else 0.0
+        for step, index in enumerate(order):
+            layer_type = self.layer_types[index]
+            norms, block, residual_fn = self.layers[index]
+            if transform_block_inputs is not None and step % self.block_len == 0 and step >= self.block_len:
+                block_depth = step // self.block_len + 1
+                if isinstance(transform_block_inputs, dict):
+                    if block_depth in transform_block_inputs:
+                        x = transform_block_inputs[block_depth](x)
+                else:
+                    x = transform_block_inputs(block_depth, x)
+            if self.skip_combines is not None:
+                skip_hiddens.append(x)
+                skip_combine = self.skip_combines[index]
+                if skip_combine is not None:
+                    x = skip_combine(x, skip_hiddens)
+            drop = self.layer_dropouts[index]
+            if self.training and drop > 0.0 and random.random() < drop:
+                continue
             pre_branch_norm, post_branch_norm, post_main_norm = norms
             layer_mem = layer_mem_mask = None
             if layer_type == "a":
                 hiddens.append(x)
                 layer_mem = mems_left.pop(0) if mems_left else None
                 layer_mem_mask = mem_masks_left.pop(0) if mem_masks_left else None
+            elif layer_type == "c" and tokens_dropout > 0.0:
+                assert context is not None
+                context, context_mask = dropout_seq(context, context_mask, tokens_dropout)
             residual = x
+            if inject is not None:
+                x = x + inject
             if pre_branch_norm is not None:
-                x = pre_branch_norm(x)
+                x = pre_branch_norm(x, **norm_kwargs)
                 if layer_mem is not None and not self.options.xtf_unnormed_mems:
-                    layer_mem = pre_branch_norm(layer_mem)
+                    layer_mem = pre_branch_norm(layer_mem, **norm_kwargs)
+            value_kwargs: dict[str, Any] = {}
+            if add_value_residual and layer_type in first_values:
+                value_kwargs["value_residual"] = first_values[layer_type]
             if layer_type == "a":
                 out, inter = block(
                     x,
@@ -248,6 +679,8 @@ class AttentionLayers(SpecRecorder, nn.Module):
                     mem_mask=layer_mem_mask,
                     cache=next(cache_iter, None),
                     need_logits=need_logits,
+                    **block_kwargs,
+                    **value_kwargs,
                 )
             elif layer_type == "c":
                 out, inter = block(
@@ -258,12 +691,16 @@ class AttentionLayers(SpecRecorder, nn.Module):
                     prev_attn=prev_cross_attn,
                     cache=next(cache_iter, None),
                     need_logits=return_attn or self.cross_residual_attn,
+                    **block_kwargs,
+                    **value_kwargs,
                 )
             else:
-                out, inter = block(x), None
+                out, inter = block(x, **block_kwargs), None
+            if add_value_residual and inter is not None and layer_type not in first_values:
+                first_values[layer_type] = inter.values
             if post_branch_norm is not None:
-                out = post_branch_norm(out)
-            x = out + residual
+                out = post_branch_norm(out, **norm_kwargs)
+            x = residual_fn(out, residual)
             if inter is not None:
                 inter.layer_type = layer_type
                 inters.append(inter)
@@ -272,9 +709,12 @@ class AttentionLayers(SpecRecorder, nn.Module):
                 elif layer_type == "c" and self.cross_residual_attn:
                     prev_cross_attn = inter.pre_softmax_attn
             if post_main_norm is not None:
-                x = post_main_norm(x)
+                x = post_main_norm(x, **norm_kwargs)
 
-        x = self.final_norm(x)
+        if self.options.softclamp_output:
+            value = self.options.softclamp_output_value
+            x = (x / value).tanh() * value
+        x = self.final_norm(x, **norm_kwargs) if not isinstance(self.final_norm, nn.Identity) else x
         if not return_hiddens:
             return x
         return x, LayerIntermediates(

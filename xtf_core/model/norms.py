@@ -72,3 +72,71 @@ def norm_class(*, use_rmsnorm: bool, use_scalenorm: bool, use_simple_rmsnorm: bo
     if use_simple_rmsnorm:
         return SimpleRMSNorm
     return LayerNorm
+
+
+class AdaptiveLayerNorm(nn.Module):
+    """LayerNorm whose gain comes from a condition: `ln(x) * (to_gamma(condition) + 1)`."""
+
+    def __init__(self, dim: int, dim_condition: int | None = None) -> None:
+        super().__init__()
+        self.dim = dim
+        self.to_gamma = nn.Linear(dim_condition if dim_condition is not None else dim, dim, bias=False)
+        nn.init.zeros_(self.to_gamma.weight)
+
+    def forward(self, x: Tensor, *, condition: Tensor) -> Tensor:
+        if condition.ndim == 2:
+            condition = condition[:, None]
+        return F.layer_norm(x, (self.dim,)) * (self.to_gamma(condition) + 1.0)
+
+
+class AdaptiveRMSNorm(nn.Module):
+    """RMSNorm whose gain comes from a condition."""
+
+    def __init__(self, dim: int, dim_condition: int | None = None) -> None:
+        super().__init__()
+        self.scale = dim**0.5
+        self.to_gamma = nn.Linear(dim_condition if dim_condition is not None else dim, dim, bias=False)
+        nn.init.zeros_(self.to_gamma.weight)
+
+    def forward(self, x: Tensor, *, condition: Tensor) -> Tensor:
+        if condition.ndim == 2:
+            condition = condition[:, None]
+        return F.normalize(x, dim=-1) * self.scale * (self.to_gamma(condition) + 1.0)
+
+
+class DynamicTanh(nn.Module):
+    """Dynamic tanh in place of a norm: `tanh(alpha * x) * gamma + beta` (alpha a learned scalar).
+
+    With `unit_offset` the stored `pre_tanh_scale` is `alpha - init_alpha` and the stored gain `gamma - 1`.
+    """
+
+    def __init__(self, dim: int, init_alpha: float = 1.0, unit_offset: bool = False) -> None:
+        super().__init__()
+        self.pre_tanh_scale_offset = init_alpha if unit_offset else 0.0
+        self.gamma_offset = float(unit_offset)
+        self.pre_tanh_scale = nn.Parameter(torch.tensor(0.0 if unit_offset else float(init_alpha)))
+        self.gamma = nn.Parameter(torch.full((dim,), 1.0 - float(unit_offset)))
+        self.beta = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        alpha = self.pre_tanh_scale + self.pre_tanh_scale_offset
+        return (x * alpha).tanh() * (self.gamma + self.gamma_offset) + self.beta
+
+
+class Derf(nn.Module):
+    """Error-function norm replacement: `erf(alpha * x + s) * gamma + beta`; with `unit_offset` alpha and
+    gamma are stored minus one."""
+
+    def __init__(
+        self, dim: int, init_alpha: float = 0.5, init_bias: float = 0.0, unit_offset: bool = False
+    ) -> None:
+        super().__init__()
+        self.scale_offset = 1.0 if unit_offset else 0.0
+        self.alpha = nn.Parameter(torch.tensor(float(init_alpha) - self.scale_offset))
+        self.s = nn.Parameter(torch.tensor(float(init_bias)))
+        self.gamma = nn.Parameter(torch.full((dim,), 1.0 - self.scale_offset))
+        self.beta = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x * (self.alpha + self.scale_offset) + self.s
+        return torch.erf(x) * (self.gamma + self.scale_offset) + self.beta

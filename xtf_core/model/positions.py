@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .norms import LayerNorm
+
 
 class TokenEmbedding(nn.Module):
     def __init__(self, dim: int, num_tokens: int) -> None:
@@ -219,3 +221,42 @@ class RelativePositionBias(nn.Module):
         k_pos = torch.arange(j, dtype=torch.long, device=device)
         buckets = self._bucket(k_pos[None, :] - q_pos[:, None])
         return self.relative_attention_bias(buckets).permute(2, 0, 1) * self.scale
+
+
+class DynamicPositionBias(nn.Module):
+    """Attention bias from a small MLP over relative distances (one output per head).
+
+    `mlp.0` maps a distance to `dim` features (with an xtf LayerNorm `gamma` when `norm`), each further
+    hidden layer is Linear (+ torch LayerNorm) + SiLU, and the last Linear gives one bias per head.
+    """
+
+    def __init__(
+        self, dim: int, *, heads: int, depth: int, log_distance: bool = False, norm: bool = False
+    ) -> None:
+        super().__init__()
+        if depth < 1:
+            raise ValueError(f"dynamic_pos_bias_mlp_depth must be at least 1, got {depth}")
+        self.log_distance = log_distance
+        first: list[nn.Module] = [nn.Linear(1, dim)]
+        if norm:
+            first.append(LayerNorm(dim))
+        self.mlp = nn.ModuleList([nn.Sequential(*first, nn.SiLU())])
+        for _ in range(depth - 1):
+            hidden: list[nn.Module] = [nn.Linear(dim, dim)]
+            if norm:
+                hidden.append(nn.LayerNorm(dim))
+            self.mlp.append(nn.Sequential(*hidden, nn.SiLU()))
+        self.mlp.append(nn.Linear(dim, heads))
+
+    def forward(self, i: int, j: int, device: torch.device | None = None) -> Tensor:
+        """Bias `[heads, i, j]` for the last `i` queries against `j` keys."""
+        device = device if device is not None else self.mlp[-1].weight.device
+        q_pos = torch.arange(j - i, j, device=device)
+        k_pos = torch.arange(j, device=device)
+        index = q_pos[:, None] - k_pos[None, :] + (j - 1)  # distances in [-(j-1), j-1], shifted to >= 0
+        dist = torch.arange(-j + 1, j, device=device).float()[:, None]
+        if self.log_distance:
+            dist = torch.sign(dist) * torch.log(dist.abs() + 1)
+        for layer in self.mlp:
+            dist = layer(dist)
+        return dist[index].permute(2, 0, 1)
