@@ -177,3 +177,28 @@ def test_step_module_must_declare_reversibility_consistently(tmp_path, monkeypat
     with pytest.raises(ChainError, match="irreversible_reason"):
         Chain.discover("pkg_bad")
     sys.modules.pop("pkg_bad", None)
+
+
+def test_step_declared_reversible_with_an_op_that_cannot_reverse_is_refused(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    package = tmp_path / "pkg_lossy"
+    package.mkdir()
+    (package / "__init__.py").write_text('"""Test steps."""\n')
+    (package / "step_000.py").write_text(
+        textwrap.dedent(
+            '''
+            """Square the gains."""
+
+            from xtf_core.chain import ValueTransform
+
+            revision = "xtf==0.0.2"
+            down_revision = "xtf==0.0.1"
+            reversible = True
+
+            ops = [ValueTransform("g", forward=lambda t: t * t)]
+            '''
+        )
+    )
+    with pytest.raises(ChainError, match=r"declares reversible = True, but ValueTransform\('g'\) cannot"):
+        Chain.discover("pkg_lossy")
+    sys.modules.pop("pkg_lossy", None)

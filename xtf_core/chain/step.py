@@ -2,7 +2,8 @@
 
 A step module holds, in this order: a docstring (first line printed by `xtf history`; then the upstream
 release/commit that made it necessary), `revision` and `down_revision` (stamps: the layouts it connects),
-`reversible` (and `irreversible_reason` when False), optional `upgrade_spec(spec)` / `downgrade_spec(spec)`,
+`reversible` (and `irreversible_reason` when False; checked against a fixed op list, which must then
+run backwards), optional `upgrade_spec(spec)` / `downgrade_spec(spec)`,
 and `ops`: a list of ops, or a function of the pre-upgrade spec returning that list. Optionally
 `backfill(spec)`: ops run after the derived reverse when migrating down, computed from the newer spec, for
 tensors the older layout requires that a newer model may lack (e.g. a zero bias).
@@ -101,6 +102,15 @@ class Step:
                 f"step module {name}: declare either reversible = True, or reversible = False with "
                 "irreversible_reason = '<why it cannot be undone>'"
             )
+        # the declaration is checked against the ops: a fixed op list that cannot run backwards makes the
+        # step irreversible whatever it says (ops computed from a spec are checked when planned)
+        if reversible and not callable(module.ops):
+            stuck = [op for op in module.ops if getattr(op, "irreversible_reason", None)]
+            if stuck:
+                raise ChainError(
+                    f"step module {name} declares reversible = True, but {stuck[0].describe()} cannot be "
+                    f"reversed ({stuck[0].irreversible_reason}); declare reversible = False with the reason"
+                )
         try:
             return cls(
                 revision=module.revision,
