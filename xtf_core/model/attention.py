@@ -447,6 +447,8 @@ class Attention(nn.Module):
         if self.to_v_gate is not None or self.to_output_gate is not None:
             out = self._gate(out, x)
         if self.orthog_projected_values or self.orthog_projected_values_per_head:
+            if has_context or mem is not None:
+                _refuse("attention option 'orthog_projected_values' works on self-attention without memories only")
             groups = self.heads // self.kv_heads
             v_flat = values.transpose(1, 2).repeat(1, 1, groups, 1).flatten(-2)
             parts = [_orthogonal_part(out, v_flat)] * (
