@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from ..errors import UnsupportedOptionError
 from .attend import Attend, AttentionIntermediates
-from .positions import AlibiPositionalBias, RelativePositionBias, apply_rotary
+from .positions import AlibiPositionalBias, DynamicPositionBias, RelativePositionBias, apply_rotary
 
 
 def _l2norm(t: Tensor, groups: int) -> Tensor:
@@ -298,6 +298,8 @@ class Attention(nn.Module):
         if isinstance(out_linear, nn.Linear):
             if zero_init_output:
                 nn.init.zeros_(out_linear.weight)
+                if out_linear.bias is not None:
+                    nn.init.zeros_(out_linear.bias)
             elif output_proj_depth is not None:
                 nn.init.normal_(
                     out_linear.weight, std=(2 * out_linear.in_features * output_proj_depth) ** -0.5
@@ -411,7 +413,7 @@ class Attention(nn.Module):
         if rel_pos is not None:
             if pos is not None and isinstance(rel_pos, AlibiPositionalBias):
                 attn_bias = rel_pos.forward_custom_pos(pos)
-            elif isinstance(rel_pos, (AlibiPositionalBias, RelativePositionBias)):
+            elif isinstance(rel_pos, (AlibiPositionalBias, RelativePositionBias, DynamicPositionBias)):
                 attn_bias = rel_pos(i, j, device=x.device)
             if attn_bias is not None and num_mem_kv:
                 attn_bias = F.pad(attn_bias, (num_mem_kv, 0), value=0.0)
@@ -448,7 +450,9 @@ class Attention(nn.Module):
             out = self._gate(out, x)
         if self.orthog_projected_values or self.orthog_projected_values_per_head:
             if has_context or mem is not None:
-                _refuse("attention option 'orthog_projected_values' works on self-attention without memories only")
+                _refuse(
+                    "attention option 'orthog_projected_values' works on self-attention without memories only"
+                )
             groups = self.heads // self.kv_heads
             v_flat = values.transpose(1, 2).repeat(1, 1, groups, 1).flatten(-2)
             parts = [_orthogonal_part(out, v_flat)] * (
