@@ -34,8 +34,8 @@ def _strip_prefixes(state: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
-def read_state_dict(path: str | os.PathLike[str], key: str | None = None) -> tuple[dict[str, Any], str]:
-    """(state dict, where it was found) from a `torch.save` file; never unpickles arbitrary objects."""
+def load_pickle(path: str | os.PathLike[str]) -> Any:
+    """The object a `torch.save` file holds, unpickled with `weights_only=True` (plain containers and tensors)."""
     import pickle
 
     import torch
@@ -44,7 +44,7 @@ def read_state_dict(path: str | os.PathLike[str], key: str | None = None) -> tup
     if not path.is_file():
         raise ConversionError(f"{path}: no such file")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConversionError(
@@ -53,19 +53,29 @@ def read_state_dict(path: str | os.PathLike[str], key: str | None = None) -> tup
         ) from exc
     except Exception as exc:  # torch raises several types for non-pickle input
         raise ConversionError(f"{path}: not a torch checkpoint ({type(exc).__name__}: {exc})") from exc
-    where = "top level"
+
+
+def locate_state_dict(obj: Any, key: str | None, path: str | os.PathLike[str]) -> tuple[Any, str | None]:
+    """(the state dict inside `obj`, the top-level key holding it or None for the top level)."""
+    where, found = "top level", None
     if key is not None:
         if not isinstance(obj, Mapping) or key not in obj:
             raise ConversionError(f"{path}: no key {key!r} at the top level")
-        obj, where = obj[key], f"key {key!r}"
+        obj, where, found = obj[key], f"key {key!r}", key
     elif not _is_state_dict(obj) and isinstance(obj, Mapping):
         for candidate in NESTING_KEYS:
             if _is_state_dict(obj.get(candidate)):
-                obj, where = obj[candidate], f"key {candidate!r}"
+                obj, where, found = obj[candidate], f"key {candidate!r}", candidate
                 break
     if not _is_state_dict(obj):
         keys = list(obj)[:8] if isinstance(obj, Mapping) else type(obj).__name__
         raise ConversionError(
             f"{path}: no state dict (name -> tensor) at the {where}; found {keys}; name the key with --key"
         )
-    return _strip_prefixes(dict(obj)), where
+    return obj, found
+
+
+def read_state_dict(path: str | os.PathLike[str], key: str | None = None) -> tuple[dict[str, Any], str]:
+    """(state dict, where it was found) from a `torch.save` file; never unpickles arbitrary objects."""
+    state, found = locate_state_dict(load_pickle(path), key, path)
+    return _strip_prefixes(dict(state)), "top level" if found is None else f"key {found!r}"

@@ -70,16 +70,26 @@ def parse_source(text: str) -> str | None:
     return release.strip() if sep else None
 
 
-def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+def read_config(config: str | os.PathLike[str]) -> dict[str, Any]:
+    """The constructor call as a spec, from a JSON file, a Python file (`.py`, parsed, never run) or the call
+    itself written inline (`TransformerWrapper(num_tokens=..., attn_layers=Decoder(...))`)."""
+    from .pycall import looks_like_call, parse_call, read_python_file
+
+    text = os.fspath(config)
+    if looks_like_call(text):
+        return parse_call(text)
+    path = Path(text)
+    if path.suffix == ".py":
+        return read_python_file(path)
     try:
-        config = json.loads(Path(path).read_text())
+        parsed = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ConversionError(f"{path}: cannot read the config ({exc})") from exc
-    if not isinstance(config, dict) or not isinstance(config.get("class"), str):
+    if not isinstance(parsed, dict) or not isinstance(parsed.get("class"), str):
         raise ConversionError(
             f'{path}: the config must be a JSON object with a "class", e.g. {{"class": "TransformerWrapper", ...}}'
         )
-    return config
+    return parsed
 
 
 def _fit(tensors: Mapping[str, Any], config: dict, stamp: Stamp, where: str) -> tuple[dict, dict, Any]:
@@ -165,6 +175,18 @@ def _compare_layout(tensors: Mapping[str, Any], config: dict, stamp: Stamp, wher
     compare_layouts(found, expected, where, f"x-transformers {stamp.version}")
 
 
+def _layouts(config: dict, stamp: Stamp | None) -> list[dict[str, tuple[int, ...]]]:
+    """The layouts the config builds at `stamp`, or at every era of the lineage when the release is unknown."""
+    nodes = [stamp] if stamp is not None else [node for node, _ in _node_ranges()]
+    layouts = []
+    for node in nodes:
+        try:
+            layouts.append(layout_at(node, config))
+        except (XtfError, RuntimeError, ValueError, TypeError, KeyError, NotImplementedError):
+            continue
+    return layouts
+
+
 def convert(
     src: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -172,41 +194,80 @@ def convert(
     release: str | None,
     config: dict[str, Any],
     key: str | None = None,
+    prefix: str | None = None,
 ) -> dict[str, Any]:
-    """Write `src` (a torch pickle of an x-transformers state dict) as a stamped safetensors file."""
+    """Write `src` (a torch pickle of an x-transformers state dict) as a stamped safetensors file.
+
+    With a release named, the config is read as that release read it: keyword arguments it silently ignored
+    are dropped (and recorded under `xtf.ignored`), and options it knew under an older name are renamed.
+    The model may sit under a prefix inside a bigger state dict (`prefix`, or found when exactly one fits)."""
     from xtf_core.fingerprint import compute_fingerprint
     from xtf_core.loading import dedupe_shared, write_tensors
 
-    state, found_at = read_state_dict(src, key)
+    from . import prefix as prefixes
+    from .release_kwargs import KEY_IGNORED, as_release_built
+
+    full_state, found_at = read_state_dict(src, key)
     where = str(src)
-    if release is None:
-        detection = detect_release(state, config, where)
-        release, why = detection.release, detection.why
-    else:
-        why = "named with --from"
-    stamp = check_release(release)
-    _compare_layout(state, config, stamp, where)
+    ignored: list[dict[str, Any]] = []
+    renamed: list[dict[str, Any]] = []
+    stamp = None
+    if release is not None:
+        stamp = check_release(release)
+        config, ignored, renamed = as_release_built(config, stamp.version, where)
+    layouts = _layouts(config, stamp)
+    state, prefix = prefixes.select(full_state, layouts, prefix, where)
+    try:
+        if stamp is None:
+            detection = detect_release(state, config, where)
+            release, why = detection.release, detection.why
+            stamp = check_release(release)
+        else:
+            why = "named with --from"
+        _compare_layout(state, config, stamp, where)
+    except ConversionError as exc:
+        hint = prefixes.mismatch_hint(full_state, layouts, prefix)
+        if not hint:
+            raise
+        raise ConversionError(f"{exc}{hint}") from exc
     try:
         _, _, model = _fit(state, config, stamp, where)
     except XtfError as exc:
         raise ConversionError(f"{exc} (as x-transformers {stamp.version} with the given config)") from exc
     tensors, tied = dedupe_shared({k: v.contiguous() for k, v in state.items()})
     metadata = stamped_metadata({}, stamp, config, tied=tied)
+    if ignored:
+        metadata[KEY_IGNORED] = canonical_json(ignored)
     # the function the release computed, recorded so `xtf verify` can check every later migration
     metadata[KEY_FINGERPRINT] = canonical_json(compute_fingerprint(model))
     write_tensors(Path(out), tensors, metadata)
     return {
         "source": where,
         "state_dict_at": found_at,
+        "prefix": prefix,
         "stamp": str(stamp),
         "why": why,
+        "ignored": ignored,
+        "renamed": renamed,
         "tensors": len(tensors),
         "output": str(out),
     }
 
 
-def export(src: str | os.PathLike[str], out: str | os.PathLike[str], *, release: str) -> dict[str, Any]:
-    """Write a stamped checkpoint as the plain state dict x-transformers `release` loads (strict=True)."""
+def export(
+    src: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    release: str,
+    into: str | os.PathLike[str] | None = None,
+    key: str | None = None,
+    prefix: str | None = None,
+) -> dict[str, Any]:
+    """Write a stamped checkpoint as the plain state dict x-transformers `release` loads (strict=True).
+
+    With `into` (a torch pickle holding the model inside a bigger state dict, e.g. an application
+    checkpoint), the output is a copy of that pickle in which only the tensors under the model's prefix are
+    replaced; every other tensor and entry (optimizer state, epoch, ...) is kept as it was."""
     import torch
 
     from xtf_core.checkpoint.atomic import atomic_files
@@ -215,6 +276,7 @@ def export(src: str | os.PathLike[str], out: str | os.PathLike[str], *, release:
 
     target = check_release(release)
     tensors, spec, info = load_state(src, target=target)
+    tensors, spec = _shed_zero_biases(tensors, spec, target)
     leftover = sorted(_legacy_flags(spec))
     if leftover:
         raise ConversionError(
@@ -224,8 +286,12 @@ def export(src: str | os.PathLike[str], out: str | os.PathLike[str], *, release:
     out = Path(out)
     import io
 
+    plain = {k: v.contiguous() for k, v in tensors.items()}
+    placed: dict[str, Any] = {}
+    if into is not None:
+        plain, placed = _place_into(src, plain, into, key=key, prefix=prefix)
     buffer = io.BytesIO()
-    torch.save({k: v.contiguous() for k, v in tensors.items()}, buffer)
+    torch.save(plain, buffer)
     config_path = out.with_name(out.name + ".config.json")
     with atomic_files(out, config_path) as (fd, config_fd):  # both files, or neither
         write_all(fd, buffer.getbuffer())
@@ -237,6 +303,119 @@ def export(src: str | os.PathLike[str], out: str | os.PathLike[str], *, release:
         "steps": [record.get("id") for record in info["applied"]],
         "output": str(out),
         "config": str(config_path),
+        **placed,
+    }
+
+
+# Legacy flags that only keep a bias tensor later releases removed; a zero bias is the same as none.
+BIAS_FLAGS = (
+    "xtf_norm_bias",
+    "xtf_logits_bias",
+    "xtf_project_bias",
+    "xtf_gate_values_bias",
+    "xtf_attn_out_bias",
+)
+
+
+def _without(spec: Any, flags: tuple[str, ...]) -> Any:
+    if isinstance(spec, dict):
+        return {
+            k: _without(v, flags)
+            for k, v in spec.items()
+            if (k[4:] if k.startswith(("enc_", "dec_")) else k) not in flags
+        }
+    return spec
+
+
+def _shed_zero_biases(tensors: dict[str, Any], spec: dict, target: Stamp) -> tuple[dict[str, Any], dict]:
+    """For a release that has no place for them, drop the kept legacy biases when every one is zero (the
+    same function without them); otherwise leave the spec as is, so the export is refused naming the flag."""
+    lean = _without(spec, BIAS_FLAGS)
+    if lean == spec:
+        return tensors, spec
+    try:
+        expected = layout_at(target, lean)
+    except (XtfError, RuntimeError, ValueError, TypeError, KeyError, NotImplementedError):
+        return tensors, spec
+    if any(name not in tensors or tuple(tensors[name].shape) != shape for name, shape in expected.items()):
+        return tensors, spec
+    if any(bool(tensor.any()) for name, tensor in tensors.items() if name not in expected):
+        return tensors, spec
+    return {name: tensors[name] for name in expected}, lean
+
+
+def _layouts_of_stamped(src: str | os.PathLike[str]) -> list[dict[str, tuple[int, ...]]]:
+    """The layouts a stamped file's model has at every x-transformers era the chain can take it down to."""
+    import torch
+
+    from xtf_core.chain import default_chain, migrate_in_memory
+    from xtf_core.chain.plan import checkpoint_stamp, plan_steps
+    from xtf_core.checkpoint.header import read_checkpoint_headers
+    from xtf_core.spec import build
+
+    stamp, spec = checkpoint_stamp(read_checkpoint_headers(src))
+    current = current_stamp()
+    planned = plan_steps(default_chain().route(stamp, current), spec)
+    spec_now = planned[-1].spec_after if planned else spec
+    with torch.device("meta"):
+        meta = build(spec_now).state_dict()
+    layouts = [{name: tuple(t.shape) for name, t in meta.items()}]
+    for node, _ in _node_ranges():
+        try:
+            back, _, _ = migrate_in_memory(meta, spec_now, current, node)
+        except (XtfError, RuntimeError, ValueError, TypeError, KeyError, NotImplementedError):
+            continue
+        layouts.append({name: tuple(t.shape) for name, t in back.items()})
+    return layouts
+
+
+def _place_into(
+    src: str | os.PathLike[str],
+    tensors: dict[str, Any],
+    into: str | os.PathLike[str],
+    *,
+    key: str | None,
+    prefix: str | None,
+) -> tuple[Any, dict[str, Any]]:
+    """(a copy of the pickle `into` with the model's tensors replaced by `tensors`, what the report says)."""
+    from . import prefix as prefixes
+    from .torch_pickle import load_pickle, locate_state_dict
+
+    root = load_pickle(into)
+    state, found = locate_state_dict(root, key, into)
+    if prefix is not None:
+        prefix = prefixes.normalise(prefix)
+        if not prefixes.under(state, prefix):
+            raise ConversionError(f"{into}: no tensor under the prefix {prefix!r} to replace")
+    else:
+        layouts = _layouts_of_stamped(src)
+        fits = prefixes.fitting_prefixes(state, layouts)
+        if len(fits) != 1:
+            best = prefixes.best_partial_prefix(state, layouts)
+            seen = f"; most of its names are under {best[0]!r}" if best and best[1] else ""
+            raise ConversionError(
+                f"{into}: "
+                + (
+                    f"the model fits under several prefixes ({', '.join(repr(p) for p in fits)})"
+                    if fits
+                    else f"no part of it has the names and shapes of this model at any x-transformers era{seen}"
+                )
+                + "; name the model's prefix with --prefix"
+            )
+        prefix = fits[0]
+    replaced = sum(1 for name in state if name.startswith(prefix))
+    new_state = prefixes.replace_under(state, prefix, tensors)
+    if found is None:
+        out = new_state
+    else:
+        out = type(root)(root) if isinstance(root, dict) else dict(root)
+        out[found] = new_state
+    return out, {
+        "into": str(into),
+        "state_dict_at": "top level" if found is None else f"key {found!r}",
+        "prefix": prefix,
+        "replaced": replaced,
+        "kept": len(state) - replaced,
     }
 
 
