@@ -5,7 +5,8 @@ Migration steps use this to find, e.g., the index of the last block of an old ch
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from ..errors import SpecError
 
@@ -65,6 +66,11 @@ class LayerOptions:
     weight_tie_layers: bool = False
     layers_execute_order: tuple[int, ...] | None = None
     gate_residual: bool = False
+    orthog_residual: bool = False
+    mv_split_residual: bool = False
+    residual_fn_kwargs: dict[str, Any] = field(default_factory=dict)
+    num_residual_streams: int = 1
+    hyper_conn_sinkhorn_iters: int = 5
     scale_residual: bool | float = False
     scale_residual_constant: float = 1.0
     depth_scale_residual: bool | float = False

@@ -131,13 +131,17 @@ class Residual(nn.Module):
     """`branch + residual`, the residual optionally scaled by a learned gain and a constant."""
 
     def __init__(
-        self, dim: int, scale_residual: bool | float = False, scale_residual_constant: float = 1.0
+        self, dim: int, scale_residual: bool | float = False, scale_residual_constant: float = 1.0, **_: Any
     ) -> None:
         super().__init__()
         self.residual_scale = nn.Parameter(torch.ones(dim)) if scale_residual else None
         self.scale_residual_constant = scale_residual_constant
 
-    def forward(self, x: Tensor, residual: Tensor) -> Tensor:
+    def prepare(self, x: Tensor) -> tuple[Tensor, Tensor, dict[str, Any]]:
+        """(branch input, residual, forward kwargs) for the stream `x`."""
+        return x, x, {}
+
+    def forward(self, x: Tensor, residual: Tensor, **_: Any) -> Tensor:
         if self.residual_scale is not None:
             residual = residual * self.residual_scale
         if self.scale_residual_constant != 1:
@@ -145,19 +149,124 @@ class Residual(nn.Module):
         return x + residual
 
 
-class GRUGating(nn.Module):
+class GRUGating(Residual):
     """A GRU cell merges the branch output (input) with the residual (hidden state), per position."""
 
     def __init__(self, dim: int, scale_residual: bool | float = False, **_: Any) -> None:
-        super().__init__()
+        super().__init__(dim, scale_residual)
         self.gru = nn.GRUCell(dim, dim)
-        self.residual_scale = nn.Parameter(torch.ones(dim)) if scale_residual else None
 
-    def forward(self, x: Tensor, residual: Tensor) -> Tensor:
+    def forward(self, x: Tensor, residual: Tensor, **_: Any) -> Tensor:
         if self.residual_scale is not None:
             residual = residual * self.residual_scale
         out = self.gru(x.reshape(-1, x.shape[-1]), residual.reshape(-1, x.shape[-1]))
         return out.reshape_as(x)
+
+
+class OrthogonalResidual(Residual):
+    """Add only the part of the branch output orthogonal to the residual (each sample flattened to one
+    vector, computed in float64 as x-transformers does)."""
+
+    def __init__(self, dim: int, scale_residual: bool | float = False, **_: Any) -> None:
+        super().__init__(dim, scale_residual)
+
+    def forward(self, x: Tensor, residual: Tensor, **_: Any) -> Tensor:
+        if self.residual_scale is not None:
+            residual = residual * self.residual_scale
+        flat_x, flat_r = x.reshape(x.shape[0], -1), residual.reshape(x.shape[0], -1)
+        if x.device.type != "mps":
+            flat_x, flat_r = flat_x.double(), flat_r.double()
+        unit = F.normalize(flat_r, dim=-1)
+        orthogonal = flat_x - (flat_x * unit).sum(dim=-1, keepdim=True) * unit
+        return residual + orthogonal.reshape(x.shape).to(x.dtype)
+
+
+def _masked_seq_mean(t: Tensor, mask: Tensor | None) -> Tensor:
+    if mask is None:
+        return t.mean(dim=-2, keepdim=True)
+    m = mask[..., None].expand_as(t)
+    return (t * m).sum(dim=-2, keepdim=True) / m.sum(dim=-2, keepdim=True).clamp(min=1e-5)
+
+
+class MVSplitResidual(Residual):
+    """Mean/variance split update: `residual + (x - mean x) * beta + (mean x - mean residual) * alpha`, means
+    over the (masked) sequence; alpha and beta are learned vectors, or Linear maps of mean x (`learned`)."""
+
+    def __init__(
+        self, dim: int, init_alpha: float = 0.0, init_beta: float = 0.03, learned: bool = False, **_: Any
+    ) -> None:
+        super().__init__(dim)
+        self.learned = learned
+        if learned:
+            self.to_alpha = nn.Linear(dim, dim)
+            self.to_beta = nn.Linear(dim, dim)
+            for proj, init in ((self.to_alpha, init_alpha), (self.to_beta, init_beta)):
+                nn.init.zeros_(proj.weight)
+                nn.init.constant_(proj.bias, init)
+        else:
+            self.alpha = nn.Parameter(torch.full((dim,), float(init_alpha)))
+            self.beta = nn.Parameter(torch.full((dim,), float(init_beta)))
+
+    def forward(self, x: Tensor, residual: Tensor, mask: Tensor | None = None, **_: Any) -> Tensor:
+        mean_x = _masked_seq_mean(x, mask)
+        mean_residual = _masked_seq_mean(residual, mask)
+        alpha = self.to_alpha(mean_x) if self.learned else self.alpha
+        beta = self.to_beta(mean_x) if self.learned else self.beta
+        return residual + (x - mean_x) * beta + (mean_x - mean_residual) * alpha
+
+
+def _sinkhorn(t: Tensor, iters: int) -> Tensor:
+    dtype = t.dtype
+    t = t.float().softmax(dim=-2)
+    for _ in range(iters):
+        t = F.normalize(t, p=1, dim=-1)
+        t = F.normalize(t, p=1, dim=-2)
+    return t.to(dtype)
+
+
+class HyperConnection(Residual):
+    """Hyper-connections over `num_residual_streams` residual streams (dynamic form): the streams, stacked
+    into the batch as `(b s)`, are mixed into one branch input and updated with a learned per-stream gain.
+
+    The residual-mixing weights go through x-transformers 2.31.10's Sinkhorn step on a `[s, 1, s]` view,
+    which makes every weight 1; this follows it.
+    """
+
+    def __init__(
+        self, dim: int, *, layer_index: int, num_residual_streams: int, sinkhorn_iters: int = 5
+    ) -> None:
+        super().__init__(dim)
+        streams = num_residual_streams
+        self.num_residual_streams = streams
+        self.sinkhorn_iters = sinkhorn_iters
+        self.norm = nn.LayerNorm(dim, bias=False)
+        self.static_beta = nn.Parameter(torch.ones(streams))
+        init_alpha0 = torch.zeros(streams, 1)
+        init_alpha0[layer_index % streams, :] = 1.0
+        self.static_alpha = nn.Parameter(torch.cat((init_alpha0, torch.eye(streams)), dim=1))
+        self.dynamic_alpha_fn = nn.Parameter(torch.zeros(dim, streams + 1))
+        self.dynamic_alpha_scale = nn.Parameter(torch.ones(()) * 1e-2)
+        self.dynamic_beta_fn = nn.Parameter(torch.zeros(dim))
+        self.dynamic_beta_scale = nn.Parameter(torch.ones(()) * 1e-2)
+
+    def prepare(self, x: Tensor) -> tuple[Tensor, Tensor, dict[str, Any]]:
+        s = self.num_residual_streams
+        bs, n, d = x.shape
+        residuals = x.reshape(bs // s, s, n, d).transpose(1, 2)  # b n s d
+        normed = self.norm(residuals)
+        alpha = normed @ self.dynamic_alpha_fn * self.dynamic_alpha_scale + self.static_alpha
+        alpha_input, alpha_residual = alpha[..., :1].sigmoid(), alpha[..., 1:]
+        alpha_residual = _sinkhorn(alpha_residual.unflatten(-1, (-1, s)), self.sinkhorn_iters).flatten(-2)
+        alpha = torch.cat((alpha_input, alpha_residual), dim=-1)
+        dynamic_beta = (normed @ self.dynamic_beta_fn).sigmoid() * 2 * self.dynamic_beta_scale
+        beta = (dynamic_beta + self.static_beta).sigmoid() * 2
+        mixed = torch.einsum("...st,...sd->...td", alpha, residuals)
+        return mixed[..., 0, :], mixed[..., 1:, :], {"beta": beta}
+
+    def forward(self, x: Tensor, residual: Tensor, *, beta: Tensor, **_: Any) -> Tensor:  # type: ignore[override]
+        streams = x[..., None, :] * beta[..., None] + residual  # b n s d
+        b, n, s, d = streams.shape
+        return streams.transpose(1, 2).reshape(b * s, n, d)
 
 
 class ConcatCombine(nn.Module):
@@ -296,6 +405,20 @@ class AttentionLayers(SpecRecorder, nn.Module):
                 f"{owner}: choose at most one of use_scalenorm, use_rmsnorm, use_simple_rmsnorm, use_dynamic_tanh, "
                 "use_derf, use_adaptive_layernorm, use_adaptive_rmsnorm"
             )
+        if sum(map(bool, (o.gate_residual, o.orthog_residual, o.mv_split_residual))) > 1:
+            raise SpecError(
+                f"{owner}: choose at most one of gate_residual, orthog_residual and mv_split_residual"
+            )
+        if o.num_residual_streams < 1:
+            raise SpecError(f"{owner}: num_residual_streams must be at least 1")
+        if o.num_residual_streams > 1 and (o.gate_residual or o.orthog_residual or o.mv_split_residual):
+            raise SpecError(
+                f"{owner}: hyper-connections (num_residual_streams > 1) replace the residual update"
+            )
+        self.num_residual_streams = o.num_residual_streams
+        self.stream_emb = (
+            nn.Parameter(torch.zeros(o.num_residual_streams, o.dim)) if o.num_residual_streams > 1 else None
+        )
         if o.use_layerscale and o.use_adaptive_layerscale:
             raise SpecError(f"{owner}: choose at most one of use_layerscale and use_adaptive_layerscale")
         if o.use_dynamic_tanh and not o.pre_norm:
@@ -475,11 +598,22 @@ class AttentionLayers(SpecRecorder, nn.Module):
                 block = AdaptiveLayerScale(block, o.dim, dim_condition_inner)
             if residual_scale is not None and residual_scale != 1.0:
                 block = Scale(residual_scale, block)
-            residual: nn.Module = (
-                GRUGating(o.dim, scale_residual=o.scale_residual)
-                if o.gate_residual
-                else Residual(o.dim, o.scale_residual, o.scale_residual_constant)
-            )
+            residual: Residual
+            if self.num_residual_streams > 1:
+                residual = HyperConnection(
+                    o.dim,
+                    layer_index=index,
+                    num_residual_streams=self.num_residual_streams,
+                    sinkhorn_iters=o.hyper_conn_sinkhorn_iters,
+                )
+            elif o.gate_residual:
+                residual = GRUGating(o.dim, scale_residual=o.scale_residual)
+            elif o.orthog_residual:
+                residual = OrthogonalResidual(o.dim, scale_residual=o.scale_residual)
+            elif o.mv_split_residual:
+                residual = MVSplitResidual(o.dim, **o.residual_fn_kwargs)
+            else:
+                residual = Residual(o.dim, o.scale_residual, o.scale_residual_constant)
             if o.unet_skips and block_begin and block_ind >= self.depth / 2:
                 if not skip_indices:
                     raise SpecError(
@@ -503,15 +637,9 @@ class AttentionLayers(SpecRecorder, nn.Module):
         self.learned_reinject_input_gate = (
             nn.Linear(o.dim, 1, bias=False) if o.learned_reinject_input_gate else None
         )
-        # plain stacks skip the per-option work in forward
-        self.plain = not (
-            self.need_condition
-            or o.unet_skips
-            or o.reinject_input
-            or o.add_value_residual
-            or o.softclamp_output
-            or any(p > 0 for p in layer_dropout)
-            or o.cross_attn_tokens_dropout > 0
+        # a plain residual (no gain, no gate, one stream) is added inline in forward
+        self.plain_residual = all(type(layer[2]) is Residual for layer in self.layers) and not (
+            o.scale_residual or o.scale_residual_constant != 1
         )
         self.can_cache_kv = True
 
@@ -610,6 +738,13 @@ class AttentionLayers(SpecRecorder, nn.Module):
         cache_iter = iter(caches)
         next_cache_length = x.shape[1]
 
+        streams = self.num_residual_streams
+        if self.stream_emb is not None:
+            if mems is not None:
+                raise ValueError("Transformer-XL memories cannot be used with num_residual_streams > 1")
+            b, n, d = x.shape
+            x = (x[:, None] + self.stream_emb[None, :, None, :]).reshape(b * streams, n, d)
+
         inject = None
         if self.reinject_input_proj is not None:
             if in_attn_cond is not None:
@@ -655,7 +790,10 @@ class AttentionLayers(SpecRecorder, nn.Module):
             elif layer_type == "c" and tokens_dropout > 0.0:
                 assert context is not None
                 context, context_mask = dropout_seq(context, context_mask, tokens_dropout)
-            residual = x
+            if self.plain_residual:
+                residual, residual_kwargs = x, {}
+            else:
+                x, residual, residual_kwargs = residual_fn.prepare(x)
             if inject is not None:
                 x = x + inject
             if pre_branch_norm is not None:
@@ -700,7 +838,11 @@ class AttentionLayers(SpecRecorder, nn.Module):
                 first_values[layer_type] = inter.values
             if post_branch_norm is not None:
                 out = post_branch_norm(out, **norm_kwargs)
-            x = residual_fn(out, residual)
+            x = (
+                out + residual
+                if self.plain_residual
+                else residual_fn(out, residual, mask=mask, **residual_kwargs)
+            )
             if inter is not None:
                 inter.layer_type = layer_type
                 inters.append(inter)
@@ -714,6 +856,8 @@ class AttentionLayers(SpecRecorder, nn.Module):
         if self.options.softclamp_output:
             value = self.options.softclamp_output_value
             x = (x / value).tanh() * value
+        if streams > 1:
+            x = x.unflatten(0, (-1, streams)).sum(dim=1)
         x = self.final_norm(x, **norm_kwargs) if not isinstance(self.final_norm, nn.Identity) else x
         if not return_hiddens:
             return x
