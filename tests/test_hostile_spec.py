@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 
+import parity_configs
 import pytest
 from hostile import (
     SPEC,
@@ -23,6 +24,8 @@ from hostile import (
     run_xtf,
     split_file,
 )
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from xtf_core.checkpoint.stamp import read_spec
 from xtf_core.errors import CheckpointFormatError, StateDictMismatchError
@@ -128,3 +131,27 @@ def test_bounded_messages_for_long_names(tmp_path, good_bytes):
     text = bounded("B" * (4 * 2**20))
     assert len(text) < 300 and text.endswith("(4194304 characters)")
     assert len(str(SpecError("x" * 10**6))) < 5000
+
+
+SPEC_STRATEGIES = {
+    "token": parity_configs.token_wrapper_spec(),
+    "continuous": parity_configs.continuous_wrapper_spec(),
+    "xtransformer": parity_configs.xtransformer_spec(),
+}
+
+
+@pytest.mark.parametrize("kind", list(SPEC_STRATEGIES))
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_the_fit_check_never_refuses_a_real_model(kind, data):
+    """Whatever the supported options, a model's own spec fits its own state dict (built on meta)."""
+    from xtf_core.errors import XtfError
+    from xtf_core.loading import build_spec_on_meta, check_spec_fits
+
+    spec = data.draw(SPEC_STRATEGIES[kind])
+    try:
+        model = build_spec_on_meta(spec, "drawn")
+    except XtfError:
+        assume(False)
+    shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    check_spec_fits(spec, shapes, "drawn")

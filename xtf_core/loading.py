@@ -247,7 +247,8 @@ def check_spec_fits(spec: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...
                 )
             if isinstance(value, bool) or not isinstance(value, int):
                 continue
-            if base in DEPTH_OPTIONS and "custom_layers" not in node and value > len(blocks):
+            custom = any(_option_base(str(k)) == "custom_layers" for k in node)
+            if base in DEPTH_OPTIONS and not custom and value > len(blocks):
                 raise StateDictMismatchError(
                     f"{where}: {here}={bounded(value)} but the file holds {len(blocks)} layer blocks; "
                     "the spec does not describe this file"
