@@ -69,7 +69,7 @@ def _xt(**kw: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- unsupported
 
 UNSUPPORTED = [
-    ("attn_aggregated_residuals", _tw(_layers(attn_aggregated_residuals=True))),
+    ("polar_pos_emb", _tw(_layers(polar_pos_emb=True))),
     ("attn_flash_pack_seq", _tw(_layers(attn_flash_pack_seq=True))),
     ("ff_output_proj_depth", _tw(_layers(ff_output_proj_depth=2))),
     ("attn_talking_heads", _layers("Encoder", attn_talking_heads=True)),
@@ -85,11 +85,11 @@ UNSUPPORTED = [
     ("num_output_heads", _tw(num_output_heads=2)),
     ("probabilistic", _ctw(probabilistic=True)),
     ("bar", _ctw(bar=None)),
-    ("gated_multi_residual", _xt(enc_gated_multi_residual=True)),
+    ("integrate_layers", _xt(enc_integrate_layers=True)),
     ("attn_flash_pack_seq", _xt(dec_attn_flash_pack_seq=True)),
     ("baz", _xt(baz=3)),
     ("integrate_layers", _xt(dec_integrate_layers=True)),
-    ("gated_multi_residual", _layers(gated_multi_residual=0)),  # a number is not a flag's default
+    ("polar_pos_emb", _layers(polar_pos_emb=0)),  # a number is not a flag's default
 ]
 
 
@@ -106,8 +106,8 @@ def test_unsupported_option_error_is_a_spec_error():
 
 
 def test_unsupported_option_on_direct_construction():
-    with pytest.raises(UnsupportedOptionError, match="'gated_multi_residual'"):
-        xtf_core.Decoder(dim=16, depth=1, gated_multi_residual=True)
+    with pytest.raises(UnsupportedOptionError, match="'integrate_layers'"):
+        xtf_core.Decoder(dim=16, depth=1, integrate_layers=True)
     with pytest.raises(UnsupportedOptionError, match="'unknown_kwarg'"):
         xtf_core.TransformerWrapper(
             num_tokens=10, max_seq_len=8, attn_layers=xtf_core.Decoder(dim=16, depth=1), unknown_kwarg=True

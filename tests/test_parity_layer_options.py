@@ -166,6 +166,21 @@ ARCHITECTURE_CASES: dict[str, dict[str, Any]] = {
         "residual_fn_kwargs": {"learned": True, "init_alpha": 0.1, "init_beta": 0.2},
     },
     "num_residual_streams": {"num_residual_streams": 3},
+    "gated_multi_residual": {
+        "gated_multi_residual": True,
+        "num_residual_streams": 2,
+        "residual_fn_kwargs": {"read_gate_rank": 4},
+    },
+    "gated_multi_residual_one_stream": {
+        "gated_multi_residual": True,
+        "residual_fn_kwargs": {"read_gate_rank": 3},
+    },
+    "attn_aggregated_residuals": {
+        "attn_aggregated_residuals": True,
+        "attn_aggregated_residual_kwargs": {"lora_rank": 4},
+    },
+    "rotate_num_heads": {"rotate_num_heads": 1, "rotary_pos_emb": True},
+    "pre_and_post_norm_no_pre_norm": {"pre_and_post_norm": True, "pre_norm": False},
     "hyper_conn_sinkhorn_iters": {
         "num_residual_streams": 2,
         "hyper_conn_sinkhorn_iters": 2,

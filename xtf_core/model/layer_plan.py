@@ -69,6 +69,10 @@ class LayerOptions:
     orthog_residual: bool = False
     mv_split_residual: bool = False
     residual_fn_kwargs: dict[str, Any] = field(default_factory=dict)
+    gated_multi_residual: bool = False
+    attn_aggregated_residuals: bool = False
+    attn_aggregated_residual_kwargs: dict[str, Any] = field(default_factory=dict)
+    rotate_num_heads: int | None = None
     num_residual_streams: int = 1
     hyper_conn_sinkhorn_iters: int = 5
     scale_residual: bool | float = False

@@ -215,6 +215,82 @@ class MVSplitResidual(Residual):
         return residual + (x - mean_x) * beta + (mean_x - mean_residual) * alpha
 
 
+class GatedMultiResidual(Residual):
+    """Gated residual streams: an elementwise low-rank read gate mixes the (RMS-normalised) streams into the
+    branch input; a per-stream write gate scales the branch output added back to each stream."""
+
+    def __init__(self, dim: int, *, layer_index: int, num_residual_streams: int, read_gate_rank: int) -> None:
+        super().__init__(dim)
+        streams = num_residual_streams
+        self.num_residual_streams = streams
+        self.read_norm = nn.RMSNorm(dim, elementwise_affine=False)
+        self.read_gain = nn.Parameter(torch.ones(streams, dim))
+        static_read = torch.zeros(1, streams, dim)
+        static_read[:, layer_index % streams] = 1.0
+        self.static_read_logit = nn.Parameter(static_read)
+        self.static_write_logit = nn.Parameter(torch.zeros(streams))
+        self.to_bottleneck = nn.Linear(dim * streams, read_gate_rank, bias=False)
+        self.to_read_gate = nn.Linear(read_gate_rank, dim * streams, bias=False)
+        self.to_write_gate = nn.Linear(read_gate_rank, streams, bias=False)
+        nn.init.zeros_(self.to_read_gate.weight)
+        nn.init.zeros_(self.to_write_gate.weight)
+        self.dynamic_gate_scale = nn.Parameter(torch.ones(()) * 1e-2)
+
+    def prepare(self, x: Tensor) -> tuple[Tensor, Tensor, dict[str, Any]]:
+        s = self.num_residual_streams
+        bs, n, d = x.shape
+        residuals = x.reshape(bs // s, s, n, d).transpose(1, 2)  # b n s d
+        normed = self.read_norm(residuals) * self.read_gain
+        dynamic = F.silu(self.to_bottleneck(normed.flatten(-2) / s)) * self.dynamic_gate_scale
+        read_gate = (self.to_read_gate(dynamic) + self.static_read_logit.flatten()).sigmoid()
+        branch_input = (read_gate.unflatten(-1, (s, d)) * normed).sum(dim=-2) / s
+        beta = (self.to_write_gate(dynamic) + self.static_write_logit).sigmoid() * 2
+        return branch_input, residuals, {"beta": beta}
+
+    def forward(self, x: Tensor, residual: Tensor, *, beta: Tensor, **_: Any) -> Tensor:  # type: ignore[override]
+        streams = x[..., None, :] * beta[..., None] + residual  # b n s d
+        b, n, s, d = streams.shape
+        return streams.transpose(1, 2).reshape(b * s, n, d)
+
+
+class AttentionResidual(nn.Module):
+    """Attention over the inputs of every layer run so far (the latest one, low-rank adjusted, is the query);
+    the block reads their weighted sum."""
+
+    def __init__(self, dim: int, lora_rank: int | None = None) -> None:
+        super().__init__()
+        rank = lora_rank if lora_rank is not None else 64
+        if rank >= dim:
+            raise SpecError(
+                f"attn_aggregated_residual_kwargs lora_rank ({rank}) must be less than dim ({dim})"
+            )
+        self.scale = dim**-0.5
+        self.to_keys = nn.RMSNorm(dim)
+        self.to_query = nn.Sequential(nn.RMSNorm(dim), _LowRank(dim, rank))
+        self.norm = nn.RMSNorm(dim)
+
+    def forward(self, hiddens: list[Tensor]) -> Tensor:
+        stacked = torch.stack(hiddens)  # l b n d
+        latest = stacked[-1]
+        query = self.norm(latest + self.to_query(latest))
+        keys = self.to_keys(stacked)
+        weights = (torch.einsum("bnd,lbnd->lbn", query, keys) * self.scale).softmax(dim=0)
+        return torch.einsum("lbn,lbnd->bnd", weights, stacked)
+
+
+class _LowRank(nn.Module):
+    """`up(down(x))`, `up` zero at init."""
+
+    def __init__(self, dim: int, rank: int) -> None:
+        super().__init__()
+        self.down = nn.Linear(dim, rank, bias=False)
+        self.up = nn.Linear(rank, dim, bias=False)
+        nn.init.zeros_(self.up.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.up(self.down(x))
+
+
 def _sinkhorn(t: Tensor, iters: int) -> Tensor:
     dtype = t.dtype
     t = t.float().softmax(dim=-2)
@@ -478,7 +554,8 @@ class AttentionLayers(SpecRecorder, nn.Module):
             self.rel_pos = AlibiPositionalBias(alibi_heads, o.heads)
 
         # normalisation (adaptive norms read a condition; the others store their gains with a unit offset)
-        pre_norm = o.pre_norm or o.pre_and_post_norm
+        # the block pre-norm: gated multi-residual streams normalise in their read gate instead
+        pre_norm = o.pre_norm and not o.gated_multi_residual
         self.norm_need_condition = o.use_adaptive_layernorm or o.use_adaptive_rmsnorm
         self.dim_condition = o.dim_condition if o.dim_condition is not None else o.dim
         dim_condition_inner = self.dim_condition * (
@@ -520,7 +597,7 @@ class AttentionLayers(SpecRecorder, nn.Module):
         else:
             self.depth = o.depth if o.depth is not None else len(self.layers_execute_order)
         self.pre_norm, self.residual_attn, self.cross_residual_attn = (
-            pre_norm,
+            o.pre_norm or o.pre_and_post_norm,
             o.residual_attn,
             o.cross_residual_attn,
         )
@@ -528,11 +605,26 @@ class AttentionLayers(SpecRecorder, nn.Module):
         # residual branch scaling: a float depth_scale_residual / scale_residual scales every branch output;
         # a True depth_scale_residual only rescales the output projections at init
         residual_scale: float | None = None
-        if isinstance(o.depth_scale_residual, (int, float)) and not isinstance(o.depth_scale_residual, bool):
+        if o.attn_aggregated_residuals:
+            residual_scale = 1.0
+        elif isinstance(o.depth_scale_residual, (int, float)) and not isinstance(
+            o.depth_scale_residual, bool
+        ):
             residual_scale = float(o.depth_scale_residual)
         elif isinstance(o.scale_residual, (int, float)) and not isinstance(o.scale_residual, bool):
             residual_scale = float(o.scale_residual)
-        depth_scaled_init = o.depth_scale_residual is True
+        depth_scaled_init = o.depth_scale_residual is True and not o.attn_aggregated_residuals
+        aggregated_kwargs = dict(o.attn_aggregated_residual_kwargs)
+        if aggregated_kwargs.get("lora_activation") is not None:
+            raise UnsupportedOptionError(
+                f"{owner}: option 'attn_aggregated_residual_kwargs' with a 'lora_activation' module is not supported"
+            )
+        unknown = set(aggregated_kwargs) - {"lora_rank", "lora_activation"}
+        if unknown:
+            raise UnsupportedOptionError(
+                f"{owner}: option 'attn_aggregated_residual_kwargs' key {sorted(unknown)[0]!r} is not supported"
+            )
+        layer_integrators: list[nn.Module | None] = []
         n_types = len(self.layer_types)
         shift_tokens = o.shift_tokens if isinstance(o.shift_tokens, tuple) else (o.shift_tokens,) * n_types
         layer_dropout = (
@@ -566,7 +658,9 @@ class AttentionLayers(SpecRecorder, nn.Module):
                 branch_init = {**branch_init, "zero_init_output": True}
             if layer_type == "a":
                 value_mix = o.add_value_residual and o.learned_value_residual_mix and not first_self_attn
-                extra = {"learned_value_residual_mix": True} if value_mix else {}
+                extra: dict[str, Any] = {"learned_value_residual_mix": True} if value_mix else {}
+                if o.rotate_num_heads is not None:
+                    extra["rotate_num_heads"] = o.rotate_num_heads
                 block: nn.Module = Attention(
                     o.dim,
                     heads=o.heads,
@@ -599,7 +693,14 @@ class AttentionLayers(SpecRecorder, nn.Module):
             if residual_scale is not None and residual_scale != 1.0:
                 block = Scale(residual_scale, block)
             residual: Residual
-            if self.num_residual_streams > 1:
+            if o.gated_multi_residual:
+                residual = GatedMultiResidual(
+                    o.dim,
+                    layer_index=index,
+                    num_residual_streams=self.num_residual_streams,
+                    read_gate_rank=o.residual_fn_kwargs.get("read_gate_rank"),
+                )
+            elif self.num_residual_streams > 1:
                 residual = HyperConnection(
                     o.dim,
                     layer_index=index,
@@ -614,6 +715,11 @@ class AttentionLayers(SpecRecorder, nn.Module):
                 residual = MVSplitResidual(o.dim, **o.residual_fn_kwargs)
             else:
                 residual = Residual(o.dim, o.scale_residual, o.scale_residual_constant)
+            layer_integrators.append(
+                AttentionResidual(o.dim, lora_rank=aggregated_kwargs.get("lora_rank"))
+                if o.attn_aggregated_residuals
+                else None
+            )
             if o.unet_skips and block_begin and block_ind >= self.depth / 2:
                 if not skip_indices:
                     raise SpecError(
@@ -631,7 +737,10 @@ class AttentionLayers(SpecRecorder, nn.Module):
             )
             self.layers.append(nn.ModuleList([norms, block, residual]))
         self.skip_combines = nn.ModuleList(skip_combines) if o.unet_skips else None
-        has_final_norm = pre_norm and o.pre_norm_has_final_norm and not o.pre_and_post_norm
+        self.layer_integrators = nn.ModuleList(layer_integrators) if o.attn_aggregated_residuals else None
+        has_final_norm = (
+            pre_norm and o.pre_norm_has_final_norm and not o.pre_and_post_norm
+        ) or o.gated_multi_residual
         self.final_norm = make_norm(final=True) if has_final_norm else nn.Identity()
         self.reinject_input_proj = nn.Linear(o.dim, o.dim, bias=False) if o.reinject_input else None
         self.learned_reinject_input_gate = (
@@ -758,6 +867,7 @@ class AttentionLayers(SpecRecorder, nn.Module):
         hiddens: list[Tensor] = []
         inters: list[AttentionIntermediates] = []
         skip_hiddens: list[Tensor] = []
+        layer_hiddens: list[Tensor] = []
         prev_attn = prev_cross_attn = None
         first_values: dict[str, Tensor] = {}
         need_logits = return_attn or self.residual_attn
@@ -794,6 +904,11 @@ class AttentionLayers(SpecRecorder, nn.Module):
                 residual, residual_kwargs = x, {}
             else:
                 x, residual, residual_kwargs = residual_fn.prepare(x)
+            if self.layer_integrators is not None:
+                layer_hiddens.append(x)
+                integrator = self.layer_integrators[index]
+                if integrator is not None:
+                    x = integrator(layer_hiddens)
             if inject is not None:
                 x = x + inject
             if pre_branch_norm is not None:

@@ -118,12 +118,8 @@ FF_OPTIONS = frozenset(
 
 # AttentionLayers options.
 NEUTRAL_LAYER_OPTIONS: dict[str, Any] = {
-    "rotate_num_heads": None,
     "polar_pos_emb": False,
     "polar_bias_uniform_init": False,
-    "attn_aggregated_residuals": False,
-    "attn_aggregated_residual_kwargs": {},
-    "gated_multi_residual": False,
     "integrate_layers": False,
     "layer_integrate_use_softmax": True,
     "qkv_receive_diff_residuals": False,
