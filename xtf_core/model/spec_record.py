@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
@@ -42,6 +43,26 @@ class SpecRecorder:
 
     def spec(self) -> dict[str, Any]:
         return _deep_copy(self._spec)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        """`nn.Module.load_state_dict`; a whole-model x-transformers state dict of another era is migrated.
+
+        When the names are the model's own, this is torch's load, at torch's cost. Otherwise (strict loads
+        only) the dict's era is found from its names and shapes and it is migrated to this model's layout,
+        or refused naming the candidate releases and the `xtf convert` command that resolves it.
+        """
+        load = super().load_state_dict  # type: ignore[misc]
+        own = self.state_dict(keep_vars=True)  # type: ignore[attr-defined]
+        if not strict or (
+            state_dict.keys() == own.keys()
+            and all(getattr(t, "shape", None) == own[k].shape for k, t in state_dict.items())
+        ):
+            return load(state_dict, strict=strict, assign=assign)
+        # the model core knows no history: the converter for plain x-transformers dicts is asked, on demand
+        from xtf_converters.plain_state import migrate_plain_state_dict
+
+        migrated = migrate_plain_state_dict(self.spec(), state_dict, f"state dict for {type(self).__name__}")
+        return load(migrated, strict=strict, assign=assign)
 
 
 def _deep_copy(value: Any) -> Any:

@@ -1,0 +1,105 @@
+"""`model.load_state_dict(old_state_dict)` on an xtf model migrates a plain x-transformers dict of any era.
+
+Each case takes a real release's state dict from the fixture corpus and loads it into a model built from
+the release's config. The dict either loads and the model computes what the release computed, or it is
+refused naming the releases and the `xtf convert` command; when one era fits but needs other options, the
+model built from the spec the error carries loads it and computes the release's outputs.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from legacy_fixtures import all_fixtures
+
+import xtf_core
+from xtf_converters.plain_state import EraMismatchError
+from xtf_core.chain import default_chain
+from xtf_core.checkpoint.stamp import Stamp
+from xtf_core.errors import StateDictMismatchError
+
+TOLERANCE = 1e-4
+CHAIN = default_chain()
+PREFERRED = ("dec_plain", "enc_postnorm", "cont_enc", "dec_rmsnorm", "dec_rotary")
+# Eras whose dicts have today's names and shapes but another function: names alone cannot tell them apart,
+# so a plain load takes them as today's (docs/compatibility.md); the model must be built with the option.
+SAME_NAMES_OTHER_FUNCTION = {"x-transformers==1.31.0": {"norm_add_unit_offset": False}}
+
+
+def _one_per_era() -> list:
+    """One fixture from each era the corpus covers (a plain config where there is one)."""
+    picked: dict[Stamp, object] = {}
+    fixtures = [f for f in all_fixtures() if f.refused is None and f.config["class"] != "XTransformer"]
+    for name in PREFERRED:
+        for fixture in fixtures:
+            node = CHAIN.node_for(Stamp("x-transformers", fixture.release))
+            if fixture.name == name and node not in picked:
+                picked[node] = fixture
+    return sorted(picked.values(), key=lambda f: f.id)
+
+
+def _state(fixture) -> dict[str, torch.Tensor]:
+    return dict(torch.load(fixture.pt, weights_only=True, map_location="cpu"))
+
+
+@pytest.mark.parametrize("fixture", _one_per_era(), ids=lambda f: f.id)
+def test_old_state_dict_loads_or_names_the_fix(fixture) -> None:
+    config = fixture.config
+    era = str(CHAIN.node_for(Stamp("x-transformers", fixture.release)))
+    if era in SAME_NAMES_OTHER_FUNCTION:
+        config = {**config, "attn_layers": {**config["attn_layers"], **SAME_NAMES_OTHER_FUNCTION[era]}}
+    model = xtf_core.build(config)
+    state = _state(fixture)
+    try:
+        model.load_state_dict(state)
+    except EraMismatchError as exc:
+        message = str(exc)
+        assert "xtf convert STATE.pt --from x-transformers==" in message
+        if exc.needed_spec is None:  # several eras compute differently: the user must name the release
+            assert "name the release" in message
+            return
+        model = xtf_core.build(exc.needed_spec)  # the model the error says computes the release's function
+        model.load_state_dict(state)
+    assert fixture.max_diff(fixture.run(model.eval())) <= TOLERANCE
+
+
+def test_current_layout_loads_as_before_without_era_detection(monkeypatch: pytest.MonkeyPatch) -> None:
+    import xtf_converters.plain_state as plain_state
+
+    def never(*args, **kwargs):
+        raise AssertionError("a dict in the current layout must not go through era detection")
+
+    monkeypatch.setattr(plain_state, "migrate_plain_state_dict", never)
+    spec = {
+        "class": "TransformerWrapper",
+        "num_tokens": 16,
+        "max_seq_len": 8,
+        "attn_layers": {"class": "Decoder", "dim": 8, "depth": 1, "heads": 2},
+    }
+    source, target = xtf_core.build(spec), xtf_core.build(spec)
+    target.load_state_dict(source.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), target.state_dict().values()))
+
+
+def test_a_dict_of_no_era_names_the_first_difference() -> None:
+    spec = {
+        "class": "TransformerWrapper",
+        "num_tokens": 16,
+        "max_seq_len": 8,
+        "attn_layers": {"class": "Decoder", "dim": 8, "depth": 1, "heads": 2},
+    }
+    model = xtf_core.build(spec)
+    state = model.state_dict()
+    state["extra.weight"] = torch.zeros(3)
+    with pytest.raises(
+        StateDictMismatchError, match=r"no x-transformers release .*unexpected 'extra.weight'"
+    ):
+        model.load_state_dict(state)
+
+
+def test_non_strict_load_is_torch_s_own() -> None:
+    spec = {"class": "Encoder", "dim": 8, "depth": 1, "heads": 2}
+    model = xtf_core.build(spec)
+    result = model.load_state_dict({"final_norm.gamma": torch.zeros(8)}, strict=False)
+    assert "layers.0.1.to_q.weight" in result.missing_keys
+    assert torch.equal(model.final_norm.gamma, torch.zeros(8))
