@@ -73,7 +73,7 @@ UNSUPPORTED = [
     ("attn_flash_pack_seq", _tw(_layers(attn_flash_pack_seq=True))),
     ("ff_output_proj_depth", _tw(_layers(ff_output_proj_depth=2))),
     ("attn_talking_heads", _layers("Encoder", attn_talking_heads=True)),
-    ("cross_attn_use_cope", _layers(cross_attend=True, cross_attn_use_cope=True)),
+    ("cross_attn_hybrid_fold_axial_dim", _layers(cross_attend=True, cross_attn_hybrid_fold_axial_dim=2)),
     ("qkv_receive_diff_residuals", _layers(qkv_receive_diff_residuals=True)),
     ("rel_pos_kwargs", _layers(rel_pos_bias=True, rel_pos_kwargs={"x": 1})),
     ("attn_qkv_receive_diff_residuals", _layers(attn_qkv_receive_diff_residuals=True)),

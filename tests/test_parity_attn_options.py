@@ -75,6 +75,21 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "max_attend_past": 3,
         "add_zero_kv": True,
     },
+    "latent_q": {"use_latent_q": True, "dim_latent_q": 8},
+    "latent_kv": {"use_latent_kv": True, "dim_latent_kv": 8},
+    "latent_q+kv+rope_subheads+mem_kv": {
+        "use_latent_q": True,
+        "dim_latent_q": 8,
+        "use_latent_kv": True,
+        "dim_latent_kv": 12,
+        "latent_rope_subheads": 1,
+        "num_mem_kv": 2,
+    },
+    "rel_proj_pos_bias": {
+        "use_rel_proj_pos_bias": True,
+        "rel_proj_num_distance_basis": 4,
+        "rel_proj_max_dist": 5,
+    },
     "grouped+mem_kv+rmsnorm+gates": {
         "kv_heads": 1,
         "num_mem_kv": 3,
@@ -192,6 +207,81 @@ def test_selective_attention_parity_without_cache():
         with pytest.raises(UnsupportedOptionError, match="selective"):
             ours(tokens[:, :4], cache=cache, return_intermediates=True)
     assert not ours.attn_layers.layers[0][1].can_cache_kv
+
+
+def test_multi_latent_attention_with_rotary_sub_heads_and_cache():
+    spec = _layers(
+        "Decoder",
+        heads=4,
+        rotary_pos_emb=True,
+        attn_use_latent_kv=True,
+        attn_dim_latent_kv=8,
+        attn_latent_rope_subheads=2,
+    )
+    ref, ours = paired(_tw(spec))
+    tokens = _tokens(2, 7, seed=1)
+    with torch.no_grad():
+        full = ours(tokens)
+        assert_close(ref(tokens), full, "logits")
+        ours_cached = _cached_steps(ours, tokens, prompt_len=3)
+        assert_close(_cached_steps(ref, tokens, prompt_len=3), ours_cached, "cached logits")
+        assert_close(full[:, 2:], ours_cached, "cached vs full logits")
+        _, cache = ours(tokens[:, :3], return_intermediates=True)
+    latent, sub_heads = cache.attn_intermediates[0].cached_kv
+    assert latent.shape == (2, 3, 8) and sub_heads.shape == (2, 2, 3, DIM_HEAD)  # the cache holds the latent
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"attn_data_dependent_alibi": True},
+        {"attn_data_dependent_alibi": True, "attn_num_mem_kv": 2},
+        {
+            "attn_data_dependent_alibi": True,
+            "attn_data_dependent_alibi_kwargs": {"bias_init": 1.0, "post_log_scale": 2.0},
+        },
+        {
+            "attn_data_dependent_alibi": True,
+            "attn_data_dependent_alibi_per_row": True,
+            "attn_data_dependent_alibi_per_row_dim_head": 4,
+        },
+    ],
+    ids=["plain", "mem_kv", "kwargs", "per_row"],
+)
+@pytest.mark.parametrize("cls", ["Decoder", "Encoder"])
+def test_data_dependent_alibi_parity(options, cls):
+    if cls == "Encoder" and "attn_data_dependent_alibi_per_row" in options:
+        with pytest.raises(UnsupportedOptionError, match="data_dependent_alibi_per_row"):
+            xtf_core.build(_tw(_layers(cls, **options)))
+        return
+    ref, ours = paired(_tw(_layers(cls, **options)))
+    tokens = _tokens(2, 7, seed=1)
+    mask = seeded_mask(2, 7, seed=2)
+    with torch.no_grad():
+        assert_close(ref(tokens), ours(tokens), "logits")
+        assert_close(ref(tokens, mask=mask), ours(tokens, mask=mask), "masked logits")
+        if cls == "Decoder":  # the bias spans the current tokens only: x-transformers breaks with a cache
+            _, cache = ours(tokens[:, :3], return_intermediates=True)
+            with pytest.raises(UnsupportedOptionError, match="data_dependent_alibi"):
+                ours(tokens[:, :4], cache=cache, return_intermediates=True)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"attn_cope_max_pos": 4}, {"attn_cope_max_pos": 4, "attn_cope_talking_heads": True}],
+    ids=["plain", "talking_heads"],
+)
+def test_cope_parity_with_mask_and_cache(options):
+    ref, ours = paired(_tw(_layers("Decoder", attn_use_cope=True, **options)))
+    tokens = _tokens(2, 7, seed=1)
+    mask = seeded_mask(2, 7, seed=2)
+    with torch.no_grad():
+        full = ours(tokens)
+        assert_close(ref(tokens), full, "logits")
+        assert_close(ref(tokens, mask=mask), ours(tokens, mask=mask), "masked logits")
+        ours_cached = _cached_steps(ours, tokens, prompt_len=3)
+        assert_close(_cached_steps(ref, tokens, prompt_len=3), ours_cached, "cached logits")
+        assert_close(full[:, 2:], ours_cached, "cached vs full logits")
 
 
 def test_gumbel_softmax_parity_under_the_same_seed():
@@ -393,7 +483,17 @@ def test_cross_attention_learned_value_residual_mix_layout():
         (_layers("Decoder", attn_num_mem_kv=2, attn_value_dim_head=4), "num_mem_kv"),
         (_layers("Decoder", attn_learned_value_residual_mix=True), "attn_learned_value_residual_mix"),
         (_layers("Decoder", attn_talking_heads=True), "attn_talking_heads"),
-        (_layers("Decoder", attn_use_cope=True), "attn_use_cope"),
+        (_layers("Encoder", attn_use_cope=True), "use_cope"),
+        (_layers("Decoder", attn_use_cope=True, attn_cope_soft_onehot_pos=True), "cope_soft_onehot_pos"),
+        (_layers("Decoder", attn_flash=True, attn_use_cope=True), "use_cope"),
+        (_layers("Decoder", attn_latent_rope_subheads=1), "latent_rope_subheads"),
+        (_layers("Decoder", attn_use_latent_kv=True), "use_latent_kv"),
+        (_layers("Decoder", attn_use_rel_proj_pos_bias=True, attn_num_mem_kv=1), "use_rel_proj_pos_bias"),
+        (
+            _layers("Decoder", attn_data_dependent_alibi=True, attn_data_dependent_alibi_kwargs={"x": 1}),
+            "kwargs",
+        ),
+        (_layers("Decoder", attn_flash_pack_seq=True), "attn_flash_pack_seq"),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
 )

@@ -139,6 +139,43 @@ def _selective_gate(sim: Tensor) -> Tensor:
     return sim - gate[:, None]
 
 
+class CoPE(nn.Module):
+    """Contextual position encoding (arXiv 2405.18719, appendix B): positions counted by sigmoid gates over
+    the keys after each one, interpolated from a learned table (`pos_emb`), added to the logits."""
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        max_pos: int,
+        soft_onehot: bool = False,
+        talking_heads: bool = False,
+        soft_onehot_temp: float = 5e-2,
+    ) -> None:
+        super().__init__()
+        self.max_pos, self.soft_onehot, self.soft_onehot_temp = max_pos, soft_onehot, soft_onehot_temp
+        self.pos_emb = nn.Parameter(torch.zeros(max_pos, dim))
+        self.talking_heads = nn.Conv2d(heads, heads, 1, bias=False) if talking_heads else None
+        if soft_onehot:
+            self.register_buffer("positions", torch.arange(max_pos))
+
+    def forward(self, query: Tensor, logits: Tensor) -> Tensor:
+        if self.talking_heads is not None:
+            i, j = logits.shape[-2:]
+            logits = self.talking_heads(logits).masked_fill(
+                causal_mask(i, j, logits.device), -torch.finfo(logits.dtype).max
+            )
+        pos = logits.sigmoid().flip(-1).cumsum(dim=-1).flip(-1).clamp(max=self.max_pos - 1)
+        per_position = query @ self.pos_emb.t()  # [b, h, i, max_pos]
+        if self.soft_onehot:
+            distance = (pos[..., None] - self.positions).abs()
+            weights = (-distance / self.soft_onehot_temp).softmax(dim=-1)
+            return (weights * per_position[..., None, :]).sum(dim=-1)
+        floor, ceil = pos.floor().long(), pos.ceil().long()
+        frac = pos - floor
+        return per_position.gather(-1, ceil) * frac + per_position.gather(-1, floor) * (1 - frac)
+
+
 # the options that need the explicit logits path
 EXPLICIT_OPTIONS = (
     "pre_talking_heads",
@@ -154,6 +191,7 @@ EXPLICIT_OPTIONS = (
     "gumbel_softmax",
     "selective",
     "inverted_attention",
+    "cope",
 )
 
 
@@ -188,6 +226,7 @@ class Attend(nn.Module):
         gumbel_softmax_hard: bool = True,
         selective: bool = False,
         inverted_attention: bool = False,
+        cope: CoPE | None = None,
     ) -> None:
         super().__init__()
         picked = [
@@ -211,20 +250,25 @@ class Attend(nn.Module):
             raise UnsupportedOptionError("attention option 'logit_softclamp_value' must be positive")
         if sparse_topk is not None and sparse_topk < 1:
             raise UnsupportedOptionError("attention option 'sparse_topk' must be at least 1")
-        self.explicit = sparse_topk is not None or any(
-            (
-                pre_talking_heads,
-                post_talking_heads,
-                pre_scale_post_talking_heads,
-                softclamp_logits,
-                cog_signed,
-                sigmoid,
-                hard,
-                l2_distance,
-                head_learned_sink,
-                gumbel_softmax,
-                selective,
-                inverted_attention,
+        self.cope = cope
+        self.explicit = (
+            sparse_topk is not None
+            or cope is not None
+            or any(
+                (
+                    pre_talking_heads,
+                    post_talking_heads,
+                    pre_scale_post_talking_heads,
+                    softclamp_logits,
+                    cog_signed,
+                    sigmoid,
+                    hard,
+                    l2_distance,
+                    head_learned_sink,
+                    gumbel_softmax,
+                    selective,
+                    inverted_attention,
+                )
             )
         )
         self.sparse_topk, self.sparse_topk_straight_through = sparse_topk, sparse_topk_straight_through
@@ -356,6 +400,8 @@ class Attend(nn.Module):
         if causal:
             sim = sim.masked_fill(causal_mask(i, j, q.device), floor)
         empty_rows = ~mask.any(dim=-1, keepdim=True) if mask is not None else None
+        if self.cope is not None:
+            sim = sim + self.cope(q, sim)
         if self.selective:
             sim = _selective_gate(sim)
         if self.head_attn_sink is not None:

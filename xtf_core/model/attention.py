@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UnsupportedOptionError
-from .attend import Attend, AttentionIntermediates
+from .attend import Attend, AttentionIntermediates, CoPE
 from .positions import AlibiPositionalBias, DynamicPositionBias, RelativePositionBias, apply_rotary
 
 
@@ -70,6 +70,68 @@ def _orthogonal_part(x: Tensor, y: Tensor) -> Tensor:
 
 def _refuse(message: str) -> None:
     raise UnsupportedOptionError(message)
+
+
+class DataDependentAlibi(nn.Module):
+    """Forgetting-transformer bias (`to_forget_gates`): per-token log-sigmoid forget gates, summed between
+    key and query; a bidirectional model has a second set of gates for the keys after the query."""
+
+    def __init__(
+        self, dim: int, heads: int, causal: bool, bias_init: float = 5.0, post_log_scale: float = 1.0
+    ) -> None:
+        super().__init__()
+        self.causal, self.post_log_scale = causal, post_log_scale
+        linear = nn.Linear(dim, heads * (1 if causal else 2))
+        nn.init.constant_(linear.bias, bias_init)
+        self.to_forget_gates = nn.Sequential(linear)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gates = (F.logsigmoid(self.to_forget_gates(x)) * self.post_log_scale).transpose(1, 2).cumsum(dim=-1)
+        if self.causal:
+            return gates[..., :, None] - gates[..., None, :]
+        forward_gates, backward_gates = gates.chunk(2, dim=1)
+        past = forward_gates[..., :, None] - forward_gates[..., None, :]
+        future = backward_gates[..., None, :] - backward_gates[..., :, None]
+        return past.tril() + future.triu()
+
+
+class PerRowDataDependentAlibi(nn.Module):
+    """Forget gates from small per-head queries and keys (`to_forget_gates`), summed over the keys between."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int = 8, post_log_scale: float = 1.0) -> None:
+        super().__init__()
+        self.heads, self.dim_head, self.post_log_scale = heads, dim_head, post_log_scale
+        self.to_forget_gates = nn.Sequential(nn.Linear(dim, heads * dim_head * 2, bias=False))
+
+    def forward(self, x: Tensor) -> Tensor:
+        n = x.shape[-2]
+        qk = self.to_forget_gates(x).unflatten(-1, (2, self.heads, self.dim_head)).permute(2, 0, 3, 1, 4)
+        q, k = qk[0], qk[1]
+        gates = F.logsigmoid((q @ k.transpose(-1, -2)) * self.dim_head**-0.5) * self.post_log_scale
+        gates = gates.masked_fill(torch.ones((n, n), dtype=torch.bool, device=x.device).triu(), 0.0)
+        return gates.flip(-1).cumsum(dim=-1).flip(-1)
+
+
+class RelativeProjPositionalBias(nn.Module):
+    """Relative bias from a learned bank of distance curves (`distance_bank`), mixed per query token
+    (`to_distance_weights`); zero beyond `max_dist` and for keys after the query."""
+
+    def __init__(self, dim: int, heads: int, num_distance_basis: int = 16, max_dist: int = 1024) -> None:
+        super().__init__()
+        self.heads, self.max_dist = heads, max_dist
+        self.to_distance_weights = nn.Sequential(nn.Linear(dim, heads * num_distance_basis))
+        self.distance_bank = nn.Parameter(torch.randn(num_distance_basis, max_dist) * 0.02)
+
+    def forward(self, x: Tensor, seq_len_k: int) -> Tensor:
+        b, n = x.shape[:2]
+        distance = (torch.arange(n, device=x.device) + seq_len_k - n)[:, None] - torch.arange(
+            seq_len_k, device=x.device
+        )
+        valid = (distance >= 0) & (distance < self.max_dist)
+        weights = self.to_distance_weights(x).unflatten(-1, (self.heads, -1)).transpose(1, 2)
+        curves = weights @ self.distance_bank  # [b, h, n, max_dist]
+        index = distance.clamp(0, self.max_dist - 1).expand(b, self.heads, n, seq_len_k)
+        return curves.gather(-1, index).masked_fill(~valid, 0.0)
 
 
 class Attention(nn.Module):
@@ -140,6 +202,22 @@ class Attention(nn.Module):
         gumbel_softmax_hard: bool = True,
         selective: bool = False,
         inverted_attention: bool = False,
+        use_latent_q: bool = False,
+        dim_latent_q: int | None = None,
+        use_latent_kv: bool = False,
+        dim_latent_kv: int | None = None,
+        latent_rope_subheads: int | None = None,
+        data_dependent_alibi: bool = False,
+        data_dependent_alibi_per_row: bool = False,
+        data_dependent_alibi_per_row_dim_head: int = 8,
+        data_dependent_alibi_kwargs: dict | None = None,
+        use_rel_proj_pos_bias: bool = False,
+        rel_proj_num_distance_basis: int = 16,
+        rel_proj_max_dist: int = 1024,
+        use_cope: bool = False,
+        cope_max_pos: int = 16,
+        cope_soft_onehot_pos: bool = False,
+        cope_talking_heads: bool = False,
     ) -> None:
         super().__init__()
         if kv_heads is not None and one_kv_head:
@@ -150,7 +228,39 @@ class Attention(nn.Module):
         if qk_norm and (dim_head % qk_norm_groups or dim_head // qk_norm_groups <= 2):
             raise ValueError(f"attn_qk_norm_groups={qk_norm_groups} does not fit dim_head={dim_head}")
         value_dim_head = value_dim_head if value_dim_head is not None else dim_head
+        if use_latent_q and dim_latent_q is None:
+            _refuse("attention option 'use_latent_q' needs 'dim_latent_q'")
+        if use_latent_kv and dim_latent_kv is None:
+            _refuse("attention option 'use_latent_kv' needs 'dim_latent_kv'")
+        if use_latent_kv and dim_context is not None and dim_context != dim:
+            _refuse(
+                "attention option 'use_latent_kv' needs a context of the model dimension (no dim_context)"
+            )
+        if latent_rope_subheads is not None:
+            if not use_latent_kv:
+                _refuse("attention option 'latent_rope_subheads' needs 'use_latent_kv'")
+            if rotate_num_heads is not None:
+                _refuse("attention option 'latent_rope_subheads' cannot be combined with 'rotate_num_heads'")
+            if not 0 < latent_rope_subheads < kv_heads:
+                _refuse(
+                    f"attention option 'latent_rope_subheads' must be between 1 and kv_heads - 1 ({kv_heads - 1})"
+                )
+            rotate_num_heads = latent_rope_subheads
         rotate_num_heads = rotate_num_heads if rotate_num_heads is not None else heads
+        if use_latent_q and (use_rel_proj_pos_bias or learned_value_residual_mix):
+            _refuse(
+                "attention option 'use_latent_q' cannot be combined with rel_proj_pos_bias or a learned value mix"
+            )
+        if use_rel_proj_pos_bias and num_mem_kv:
+            _refuse("attention option 'use_rel_proj_pos_bias' cannot be combined with 'num_mem_kv'")
+        if use_cope and cope_soft_onehot_pos:
+            _refuse(
+                "attention option 'cope_soft_onehot_pos' is not supported (x-transformers 2.31.10 cannot run it)"
+            )
+        if use_cope and not causal:
+            _refuse("attention option 'use_cope' needs causal attention (a Decoder)")
+        if data_dependent_alibi_per_row and not causal and data_dependent_alibi:
+            _refuse("attention option 'data_dependent_alibi_per_row' needs causal attention (a Decoder)")
         explicit = [
             name
             for name, on in (
@@ -165,6 +275,7 @@ class Attention(nn.Module):
                 ("head_learned_sink", head_learned_sink),
                 ("selective", selective),
                 ("inverted_attention", inverted_attention),
+                ("use_cope", use_cope),
             )
             if on
         ]
@@ -206,9 +317,21 @@ class Attention(nn.Module):
         self.laser, self.laser_softclamp_value = laser, laser_softclamp_value
         self.can_cache_kv = not selective
 
-        self.to_q = nn.Linear(dim, dim_head * heads, bias=False)
-        self.to_k = nn.Linear(dim_kv, dim_head * kv_heads, bias=False)
-        self.to_v = nn.Linear(dim_kv, value_dim_head * kv_heads, bias=False)
+        # multi-latent attention: queries and/or keys and values from a low-rank latent (the cache holds it),
+        # plus `latent_rope_subheads` key heads straight from the input, the only heads rotary touches
+        self.to_latent_q = nn.Linear(dim, dim_latent_q, bias=False) if use_latent_q else None
+        self.to_latent_kv = nn.Linear(dim, dim_latent_kv, bias=False) if use_latent_kv else None
+        self.to_rotateable_k = None
+        k_heads = kv_heads
+        if latent_rope_subheads is not None:
+            self.to_rotateable_k = nn.Linear(dim, dim_head * latent_rope_subheads, bias=False)
+            k_heads = kv_heads - latent_rope_subheads
+        dim_q_input = dim_latent_q if use_latent_q else dim
+        dim_kv_input = dim_latent_kv if use_latent_kv else dim_kv
+
+        self.to_q = nn.Linear(dim_q_input, dim_head * heads, bias=False)
+        self.to_k = nn.Linear(dim_kv_input, dim_head * k_heads, bias=False)
+        self.to_v = nn.Linear(dim_kv_input, value_dim_head * kv_heads, bias=False)
         out_dim = value_dim_head * heads
 
         self.gate_activation = F.silu if swiglu_values else torch.sigmoid
@@ -268,8 +391,29 @@ class Attention(nn.Module):
             gumbel_softmax_hard=gumbel_softmax_hard,
             selective=selective,
             inverted_attention=inverted_attention,
+            cope=CoPE(dim_head, heads, cope_max_pos, cope_soft_onehot_pos, cope_talking_heads)
+            if use_cope
+            else None,
         )
 
+        self.data_dependent_alibi: nn.Module | None = None
+        if data_dependent_alibi:
+            extra = dict(data_dependent_alibi_kwargs or {})
+            unknown = set(extra) - (
+                {"post_log_scale"} if data_dependent_alibi_per_row else {"bias_init", "post_log_scale"}
+            )
+            if unknown:
+                _refuse(f"attention option 'data_dependent_alibi_kwargs' does not take {sorted(unknown)}")
+            self.data_dependent_alibi = (
+                PerRowDataDependentAlibi(dim, heads, data_dependent_alibi_per_row_dim_head, **extra)
+                if data_dependent_alibi_per_row
+                else DataDependentAlibi(dim, heads, causal, **extra)
+            )
+        self.rel_proj_pos_bias = (
+            RelativeProjPositionalBias(dim, heads, rel_proj_num_distance_basis, rel_proj_max_dist)
+            if use_rel_proj_pos_bias
+            else None
+        )
         if head_scale:
             self.head_scale_params = nn.Parameter(torch.ones(1, heads, 1, 1))
         if num_mem_kv > 0:
@@ -331,9 +475,30 @@ class Attention(nn.Module):
             mem_len = mem.shape[-2]
             kv_input = torch.cat((mem, kv_input), dim=-2)
 
-        q = self.to_q(x).unflatten(-1, (self.heads, -1)).transpose(1, 2)
-        k = self.to_k(kv_input).unflatten(-1, (self.kv_heads, -1)).transpose(1, 2)
-        v = self.to_v(kv_input).unflatten(-1, (self.kv_heads, -1)).transpose(1, 2)
+        q_input = x if self.to_latent_q is None else self.to_latent_q(x)
+        latent_cache = None
+        if self.to_latent_kv is not None:
+            latent = self.to_latent_kv(kv_input)
+            k_sub = None
+            if self.to_rotateable_k is not None:
+                k_sub = self.to_rotateable_k(kv_input).unflatten(-1, (-1, self.dim_head)).transpose(1, 2)
+            if cache is not None and cache.cached_kv is not None:
+                cached_latent, cached_sub = cache.cached_kv
+                latent = torch.cat((cached_latent, latent), dim=-2)
+                if k_sub is not None:
+                    k_sub = torch.cat((cached_sub, k_sub), dim=-2)
+            # the cache holds (latent, rotated sub-heads); an empty sub-head tensor keeps both slicable
+            latent_cache = (
+                latent,
+                k_sub if k_sub is not None else latent.new_zeros(b, 0, latent.shape[-2], self.dim_head),
+            )
+            kv_input = latent
+
+        q = self.to_q(q_input).unflatten(-1, (self.heads, -1)).transpose(1, 2)
+        k = self.to_k(kv_input).unflatten(-1, (-1, self.dim_head)).transpose(1, 2)
+        v = self.to_v(kv_input).unflatten(-1, (-1, self.value_dim_head)).transpose(1, 2)
+        if latent_cache is not None and self.to_rotateable_k is not None:
+            k = torch.cat((k, latent_cache[1]), dim=1)
         values = v
 
         if value_residual is not None:  # ResFormer: mix in the first layer's values
@@ -353,14 +518,17 @@ class Attention(nn.Module):
         if self.value_rmsnorm is not None:
             v = self.value_rmsnorm(v)
 
-        if cache is not None and cache.cached_kv is not None:
-            if mem is not None:
-                raise ValueError("a key/value cache cannot be combined with Transformer-XL memories")
-            if not self.can_cache_kv:
-                _refuse("attention option 'selective' cannot be used with a key/value cache")
-            cached_k, cached_v = cache.cached_kv
-            k, v = torch.cat((cached_k, k), dim=-2), torch.cat((cached_v, v), dim=-2)
-        cached_kv = (k[..., mem_len:, :], v[..., mem_len:, :])
+        if cache is not None and not self.can_cache_kv:
+            _refuse("attention option 'selective' cannot be used with a key/value cache")
+        if latent_cache is not None:
+            cached_kv = latent_cache
+        else:
+            if cache is not None and cache.cached_kv is not None:
+                if mem is not None:
+                    raise ValueError("a key/value cache cannot be combined with Transformer-XL memories")
+                cached_k, cached_v = cache.cached_kv
+                k, v = torch.cat((cached_k, k), dim=-2), torch.cat((cached_v, v), dim=-2)
+            cached_kv = (k[..., mem_len:, :], v[..., mem_len:, :])
 
         if rotary_pos_emb is not None and not has_context:
             freqs, xpos_scale = rotary_pos_emb
@@ -417,6 +585,19 @@ class Attention(nn.Module):
                 attn_bias = rel_pos(i, j, device=x.device)
             if attn_bias is not None and num_mem_kv:
                 attn_bias = F.pad(attn_bias, (num_mem_kv, 0), value=0.0)
+        if self.data_dependent_alibi is not None:  # replaces any positional bias, as in x-transformers
+            if rel_pos is not None:
+                _refuse(
+                    "attention option 'data_dependent_alibi' cannot be combined with alibi or relative position bias"
+                )
+            if j != n or has_context:
+                _refuse(
+                    "attention option 'data_dependent_alibi' works on self-attention without a cache or memories only"
+                )
+            attn_bias = F.pad(self.data_dependent_alibi(x), (num_mem_kv, 0), value=0.0)
+        if self.rel_proj_pos_bias is not None:
+            proj_bias = self.rel_proj_pos_bias(x, k.shape[-2])
+            attn_bias = proj_bias if attn_bias is None else attn_bias + proj_bias
 
         if self.laser:  # LASER: attend over exp(values), then take the log
             v = (v / self.laser_softclamp_value).tanh().mul(self.laser_softclamp_value).exp()
