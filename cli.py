@@ -489,7 +489,7 @@ def convert(
         if report["prefix"]:
             text += f"\nmodel taken from under the prefix {report['prefix']!r}"
         for item in report["renamed"]:
-            text += f"\nread {item['option']!r} as {item['as']!r} (its name in later releases)"
+            text += f"\nread {item['option']!r} as {' + '.join(item['as'])} (its name in later releases)"
         if report["ignored"]:
             text += (
                 f"\nignored, as x-transformers {report['stamp'].partition('==')[2]} did: "

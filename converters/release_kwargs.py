@@ -27,13 +27,13 @@ KEY_IGNORED = "xtf.ignored"
 LAYER_CLASSES = ("Encoder", "Decoder", "CrossAttender", "AttentionLayers")
 TABLE = Path(__file__).with_name("release_kwargs.json")
 
-# (class names, old name, today's name, first release with today's name): options a release knew under
-# another name. Checked against the table: the old name is a parameter of every release before the rename.
-RENAMES: tuple[tuple[tuple[str, ...], str, tuple[str, ...], str], ...] = (
-    (("TransformerWrapper", "ContinuousTransformerWrapper"), "use_pos_emb", ("use_abs_pos_emb",), "0.25.8"),
-    (("Encoder", "Decoder"), "dim_head", ("attn_dim_head",), "0.0.22"),
-    # split in two (each on its own side of the softmax); both default False
-    (LAYER_CLASSES, "attn_talking_heads", ("attn_pre_talking_heads", "attn_post_talking_heads"), "1.39.0"),
+# (class names, old name, today's names): options releases knew under another name. A rename applies to a
+# release whose code took the old name (the table says which); tests check that no release took both.
+# `use_pos_emb` became `use_abs_pos_emb` in 0.25.8; `attn_talking_heads` became `attn_pre_talking_heads` +
+# `attn_post_talking_heads` in 1.39.0 (xtf implements neither; False is accepted, True refused by name).
+RENAMES: tuple[tuple[tuple[str, ...], str, tuple[str, ...]], ...] = (
+    (("TransformerWrapper", "ContinuousTransformerWrapper"), "use_pos_emb", ("use_abs_pos_emb",)),
+    (LAYER_CLASSES, "attn_talking_heads", ("attn_pre_talking_heads", "attn_post_talking_heads")),
 )
 
 
@@ -42,16 +42,20 @@ def table() -> dict[str, Any]:
     return json.loads(TABLE.read_text())
 
 
+@functools.lru_cache(maxsize=4096)
+def _version(text: str) -> Version:
+    return Version(text)
+
+
 def _holds(intervals: list[list[str]], version: Version) -> bool:
-    return any(Version(first) <= version <= Version(last) for first, last in intervals)
+    return any(_version(first) <= version <= _version(last) for first, last in intervals)
 
 
-def rules_for(release: str) -> dict[str, dict[str, Any]] | None:
-    """{class name: rule} for `release` (see scripts/release_kwargs.py for the fields), or None when the
-    table does not cover it."""
+@functools.lru_cache(maxsize=256)
+def _rules_for(release: str) -> dict[str, dict[str, Any]] | None:
     data = table()
     version = Version(release)
-    if not Version(data["releases"][0]) <= version <= Version(data["releases"][-1]):
+    if not _version(data["releases"][0]) <= version <= _version(data["releases"][-1]):
         return None
     rules: dict[str, dict[str, Any]] = {}
     for name, facts in data["classes"].items():
@@ -76,9 +80,16 @@ def rules_for(release: str) -> dict[str, dict[str, Any]] | None:
     return rules
 
 
-def _renamed(cls: str, key: str, release: str) -> tuple[str, ...] | None:
-    for classes, old, new, since in RENAMES:
-        if cls in classes and key == old and Version(release) < Version(since):
+def rules_for(release: str) -> dict[str, dict[str, Any]] | None:
+    """{class name: rule} for `release` (see scripts/release_kwargs.py for the fields), or None when the
+    table does not cover it."""
+    rules = _rules_for(str(Version(release)))
+    return None if rules is None else json.loads(json.dumps(rules))  # callers get their own copy
+
+
+def _renamed(cls: str, key: str) -> tuple[str, ...] | None:
+    for classes, old, new in RENAMES:
+        if cls in classes and key == old:
             return new
     return None
 
@@ -128,7 +139,7 @@ class _Reader:
         """The names to keep `key` under (today's), or () when the release ignored it (recorded)."""
         if key in rule["fixed"]:
             raise self.refuse(at, cls, key, f"its {cls} sets {key!r} itself")
-        new = _renamed(cls, key, self.release)
+        new = _renamed(cls, key)
         if new is not None and self.accepts(rule, key):
             self.renamed.append({"at": at, "option": key, "as": list(new)})
             return new

@@ -23,9 +23,11 @@ from .layout import compare_layouts, layout_at
 from .torch_pickle import read_state_dict
 
 LINEAGE = "x-transformers"
-FIRST_SUPPORTED = Version("0.10.0")
+FIRST_SUPPORTED = Version("0.0.29")
 LAST_KNOWN = Version("2.31.10")
 BROKEN_RELEASES = {
+    "0.4.0": "a one-release function (post-norm stacks also normed their last block; cross-attention crashed)",
+    "0.8.0": "a one-release layout (GRU residual gating on by default, removed in 0.8.1) no later release kept",
     "0.11.0": "a one-release layout (depthwise-convolution queries, reverted in 0.11.1) no later release kept",
     "0.20.0": "a broken release (Residual.__init__ TypeError on construction)",
     "0.21.0": "a broken release (pre-norm blocks built without their norm, fixed in 0.21.1)",
@@ -327,9 +329,19 @@ def _without(spec: Any, flags: tuple[str, ...]) -> Any:
     return spec
 
 
+def _shed_inert_flags(spec: dict) -> dict:
+    """Drop legacy flags that change nothing for this model: `xtf_unnormed_mems` (how Transformer-XL memories
+    are normed) on a wrapper that keeps no memories, as the 1.27.5 step's own downgrade decides."""
+    layers = spec.get("attn_layers")
+    if isinstance(layers, dict) and layers.get("xtf_unnormed_mems") and not spec.get("max_mem_len"):
+        spec = {**spec, "attn_layers": {k: v for k, v in layers.items() if k != "xtf_unnormed_mems"}}
+    return spec
+
+
 def _shed_zero_biases(tensors: dict[str, Any], spec: dict, target: Stamp) -> tuple[dict[str, Any], dict]:
     """For a release that has no place for them, drop the kept legacy biases when every one is zero (the
     same function without them); otherwise leave the spec as is, so the export is refused naming the flag."""
+    spec = _shed_inert_flags(spec)
     lean = _without(spec, BIAS_FLAGS)
     if lean == spec:
         return tensors, spec
