@@ -11,7 +11,7 @@ from ._xt import stacks
 from .xt_1_30_1_rotary_interleaved import _permutation, _permute
 
 revision = "x-transformers==0.11.2"
-down_revision = "x-transformers==0.10.0"
+down_revision = "x-transformers==0.9.0"
 reversible = True
 
 

@@ -18,6 +18,8 @@ MASKING_CHANGED = Version("1.4.0")  # before: outputs at padded positions differ
 REFUSED = {
     ("0.29.0", None): "experimental release",
     ("1.16.4", None): "CascadingHeads",
+    ("0.0.29", "dec_ffglu"): "ff_glu: x-transformers before 0.6.4",  # x * gelu(x): no later release has it
+    ("0.6.3", "dec_ffglu"): "ff_glu: x-transformers before 0.6.4",
     (
         "0.28.4",
         "dec_qknorm",

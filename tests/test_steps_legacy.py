@@ -11,6 +11,12 @@ import math
 import pytest
 import torch
 
+import xtf_migrations.xt_0_4_0_block_lists as block_lists
+import xtf_migrations.xt_0_5_0_split_kv as split_kv
+import xtf_migrations.xt_0_6_4_geglu as geglu
+import xtf_migrations.xt_0_7_0_tied_default as tied_default
+import xtf_migrations.xt_0_7_4_prenorm_residual as prenorm_residual
+import xtf_migrations.xt_0_9_0_scalenorm as scalenorm_scale
 import xtf_migrations.xt_0_11_2_rotary_halves as rotary_halves
 import xtf_migrations.xt_0_11_4_rotary_dim as rotary_dim
 import xtf_migrations.xt_0_11_9_relpos_scale as relpos_scale
@@ -197,3 +203,102 @@ def test_attention_output_bias_is_kept_and_backfilled_as_zero():
     assert down_spec == now
     for i in (0, 1):
         assert torch.equal(down[f"attn_layers.layers.{i}.1.to_out.bias"], torch.zeros(8))
+
+
+# --- below 0.10.0 -------------------------------------------------------------------------------------
+
+
+def test_prenorm_wrappers_become_norm_block_lists_and_mark_the_plain_residual():
+    old = {
+        "attn_layers.layers.0.norm.weight": torch.randn(8),
+        "attn_layers.layers.0.fn.to_q.weight": torch.randn(8, 8),
+        "attn_layers.layers.1.fn.net.0.0.weight": torch.randn(16, 8),
+    }
+    new, new_spec, back, back_spec = round_trip(Step.from_module(block_lists), old, _spec())
+    assert set(new) == {
+        "attn_layers.layers.0.0.weight",
+        "attn_layers.layers.0.1.to_q.weight",
+        "attn_layers.layers.1.1.net.0.0.weight",
+    }
+    assert new_spec["attn_layers"]["xtf_plain_residual"] is True
+    assert _same(back, old) and back_spec == _spec()
+    with pytest.raises(MigrationError, match="before 0.4.0"):
+        Step.from_module(block_lists).apply_downgrade_spec(_spec(pre_norm=False))
+
+
+def test_normed_residual_only_for_0_4_0_to_0_7_3_pre_norm_files():
+    step = Step.from_module(prenorm_residual)
+    assert step.apply_upgrade_spec(_spec())["attn_layers"]["xtf_normed_residual"] is True
+    plain = step.apply_upgrade_spec(_spec(xtf_plain_residual=True))["attn_layers"]
+    assert "xtf_normed_residual" not in plain and "xtf_plain_residual" not in plain
+    assert "xtf_normed_residual" not in step.apply_upgrade_spec(_spec(pre_norm=False))["attn_layers"]
+    assert step.apply_downgrade_spec(_spec())["attn_layers"]["xtf_plain_residual"] is True
+
+
+def test_normed_residual_option_adds_the_branch_to_the_normed_input():
+    from xtf_core.model.layers import Decoder
+
+    torch.manual_seed(0)
+    plain = Decoder(dim=8, depth=1, heads=2, attn_dim_head=4).eval()
+    buggy = Decoder(dim=8, depth=1, heads=2, attn_dim_head=4, xtf_normed_residual=True).eval()
+    buggy.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 5, 8)
+    with torch.no_grad():
+        # written out: x = norm(x); x = x + f(x), per block, then the final norm (x-transformers 0.7.3)
+        h = x
+        for layer in plain.layers:
+            norms, block = layer[0], layer[1]
+            h = norms[0](h)
+            out = block(h)
+            h = h + (out[0] if isinstance(out, tuple) else out)
+        expected = plain.final_norm(h)
+        assert torch.allclose(buggy(x), expected, atol=1e-5)
+        assert not torch.allclose(plain(x), expected, atol=1e-3)
+
+
+def test_to_kv_splits_and_position_table_renames():
+    spec = _spec(cross_attend=True)
+    kv = torch.randn(16, 8)
+    old = {
+        "attn_layers.layers.0.1.to_kv.weight": kv,
+        "attn_layers.layers.1.1.to_kv.weight": torch.randn(16, 8),
+        "pos_emb.weight": torch.randn(8, 8),
+        "token_emb.weight": torch.randn(16, 8),
+    }
+    new, _, back, _ = round_trip(Step.from_module(split_kv), old, spec)
+    assert torch.equal(new["attn_layers.layers.0.1.to_k.weight"], kv[:8])
+    assert torch.equal(new["attn_layers.layers.0.1.to_v.weight"], kv[8:])
+    assert torch.equal(new["pos_emb.emb.weight"], old["pos_emb.weight"])
+    assert _same(back, old)
+    # 0.4.x relative-bias models kept absolute positions too
+    assert (
+        Step.from_module(split_kv).apply_upgrade_spec(_spec(rel_pos_bias=True))["attn_layers"][
+            "disable_abs_pos_emb"
+        ]
+        is False
+    )
+
+
+def test_old_geglu_is_refused_both_ways():
+    with pytest.raises(MigrationError, match="gelu"):
+        Step.from_module(geglu).apply_upgrade_spec(_spec(ff_glu=True))
+    with pytest.raises(MigrationError, match="gelu"):
+        Step.from_module(geglu).apply_downgrade_spec(_spec(ff_glu=True))
+    assert Step.from_module(geglu).apply_upgrade_spec(_spec()) == _spec()
+
+
+def test_tied_embedding_was_the_default_before_0_7_0():
+    step = Step.from_module(tied_default)
+    assert step.apply_upgrade_spec(_spec())["tie_embedding"] is True
+    assert step.apply_upgrade_spec({**_spec(), "tie_embedding": False})["tie_embedding"] is False
+    assert "tie_embedding" not in step.apply_downgrade_spec({**_spec(), "tie_embedding": True})
+    assert step.apply_downgrade_spec(_spec())["tie_embedding"] is False
+
+
+def test_scalenorm_gain_divided_by_sqrt_dim():
+    spec = _spec(use_scalenorm=True)
+    old = {"attn_layers.layers.0.0.g": torch.tensor([2.0]), "norm.weight": torch.ones(8)}
+    new, _, back, _ = round_trip(Step.from_module(scalenorm_scale), old, spec)
+    # 0.9.0 divides by |x| / sqrt(8): the same output needs g / sqrt(8)
+    assert torch.allclose(new["attn_layers.layers.0.0.g"], torch.tensor([2.0 / math.sqrt(8)]))
+    assert torch.equal(new["norm.weight"], old["norm.weight"]) and _close(back, old)

@@ -99,6 +99,7 @@ class LayerOptions:
     xtf_gate_values_bias: bool = False  # the value gate projection has a bias (< 2.26)
     xtf_unnormed_mems: bool = False  # Transformer-XL memories skip the pre-norm (< 1.27.5)
     xtf_attn_out_bias: bool = False  # attention output projections have a bias (< 0.26)
+    xtf_normed_residual: bool = False  # pre-norm blocks add their branch to the normed input (0.4.0 - 0.7.3)
 
 
 LAYER_OPTIONS = frozenset(f.name for f in fields(LayerOptions))

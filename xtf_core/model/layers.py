@@ -913,6 +913,8 @@ class AttentionLayers(SpecRecorder, nn.Module):
                 x = x + inject
             if pre_branch_norm is not None:
                 x = pre_branch_norm(x, **norm_kwargs)
+                if self.options.xtf_normed_residual:  # x-transformers 0.4.0-0.7.3
+                    residual = x
                 if layer_mem is not None and not self.options.xtf_unnormed_mems:
                     layer_mem = pre_branch_norm(layer_mem, **norm_kwargs)
             value_kwargs: dict[str, Any] = {}
