@@ -103,6 +103,9 @@ def mutate(raw: bytes, case: str) -> bytes:
     if case == "shape_10000_dims":
         document[name] = dict(document[name], shape=[1] * 10_000)
         return join_file(document, data)
+    if case == "shape_overflowing_strides":
+        document[name] = dict(document[name], shape=[0, 10**18, 10**18], data_offsets=[0, 0])
+        return join_file(document, data)
     if case == "offsets_float":
         document[name] = dict(document[name], data_offsets=[float(v) for v in document[name]["data_offsets"]])
         return join_file(document, data)
@@ -144,6 +147,7 @@ CASES = [
     ("dtype_unknown", "unknown dtype 'F33'"),
     ("shape_bools", "non-negative integers"),
     ("shape_10000_dims", "at most 64"),
+    ("shape_overflowing_strides", "more elements than a tensor can index"),
     ("offsets_float", "data_offsets"),
     ("offsets_huge_int", "too long"),
     ("metadata_not_text", "strings to strings"),

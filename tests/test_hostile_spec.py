@@ -133,6 +133,50 @@ def test_bounded_messages_for_long_names(tmp_path, good_bytes):
     assert len(str(SpecError("x" * 10**6))) < 5000
 
 
+def with_metadata(raw: bytes, **changes: str) -> bytes:
+    document, data = split_file(raw)
+    document["__metadata__"].update(changes)
+    return join_file(document, data)
+
+
+def test_origin_of_the_wrong_shape_is_refused_by_inspect(tmp_path, good_bytes):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(with_metadata(good_bytes, **{"xtf.origin": '{"lineage": 5}'}))
+    assert_cli_refuses("inspect", path, source=path, match="xtf.origin must be a JSON object")
+    assert_cli_refuses("inspect", "--json", path, source=path, match="xtf.origin must be a JSON object")
+
+
+@pytest.mark.parametrize(
+    "fingerprint", ["[1, 2]", '"x"', '{"version": 1, "shape": "x", "samples": "y", "abs_sum": 0}']
+)
+def test_fingerprint_of_the_wrong_shape_is_refused_by_verify(tmp_path, good_bytes, fingerprint):
+    from xtf_core.verification import verify_checkpoint
+
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(with_metadata(good_bytes, **{"xtf.fingerprint": fingerprint}))
+    with pytest.raises(CheckpointFormatError, match="xtf.fingerprint must"):
+        verify_checkpoint(path)
+    if fingerprint == "[1, 2]":
+        assert_cli_refuses("verify", path, source=path, match="xtf.fingerprint must")
+
+
+def test_a_constructor_failing_on_a_value_is_a_spec_error(tmp_path, good_bytes):
+    """heads: 0 divides by zero inside the model core: one SpecError line, not a ZeroDivisionError."""
+    from xtf_core.errors import SpecError
+
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(with_spec_text(good_bytes, json.dumps(spec_with(heads=0))))
+    assert_load_refuses(path, SpecError, match="cannot be built")
+    assert_cli_refuses("verify", path, source=path, match="cannot be built")
+
+
+def test_long_option_names_are_refused_before_any_echo(tmp_path, good_bytes):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(with_spec_text(good_bytes, json.dumps(spec_with(**{"x" * 3000: 1}))))
+    error = assert_load_refuses(path, CheckpointFormatError, match="is not an option name")
+    assert len(str(error)) < 400
+
+
 SPEC_STRATEGIES = {
     "token": parity_configs.token_wrapper_spec(),
     "continuous": parity_configs.continuous_wrapper_spec(),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import reprlib
 
 MAX_ECHO_CHARS = 200
-MAX_MESSAGE_CHARS = 4000
+MAX_MESSAGE_CHARS = 2000
 
 
 def bounded(value: object, limit: int = MAX_ECHO_CHARS) -> str:

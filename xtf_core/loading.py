@@ -267,7 +267,7 @@ def build_spec_on_meta(spec: Mapping[str, Any], where: str) -> nn.Module:
             return build(spec)
     except XtfError:
         raise
-    except (TypeError, ValueError, OverflowError, RuntimeError, MemoryError, RecursionError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any constructor failure on file data is the spec's fault
         raise SpecError(
             f"{where}: the spec cannot be built ({type(exc).__name__}: {bounded(str(exc))})"
         ) from exc

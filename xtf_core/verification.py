@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
-from .checkpoint.stamp import KEY_FINGERPRINT
-from .errors import CheckpointFormatError
+from .checkpoint.stamp import read_fingerprint
 from .fingerprint import compare_fingerprint, smoke_run
 from .loading import build_with_state, load_state
 
@@ -25,8 +23,8 @@ def verify_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         "stamp": str(info["stamp"]),
         "migrated": [step.get("id") for step in info["applied"]],
     }
-    raw = info["metadata"].get(KEY_FINGERPRINT)
-    if raw is None:
+    stored = read_fingerprint(info["metadata"], where)
+    if stored is None:
         smoke_run(model, where)
         report |= {
             "ok": True,
@@ -34,10 +32,6 @@ def verify_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
             "message": f"{where}: no fingerprint; tensors finite and the model runs",
         }
         return report
-    try:
-        stored = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise CheckpointFormatError(f"{where}: xtf.fingerprint is not valid JSON ({exc})") from exc
     max_diff = compare_fingerprint(model, stored, where)
     report |= {
         "ok": True,

@@ -26,6 +26,7 @@ MAX_HEADER_DEPTH = 4  # object -> tensor entry -> shape list; anything deeper is
 MAX_INDEX_BYTES = 64 * 1024 * 1024
 MAX_INDEX_DEPTH = 4
 MAX_RANK = 64
+MAX_ELEMENTS = 2**63 - 1  # product of the non-zero sizes: torch's strides must fit in int64
 MAX_JSON_INT_DIGITS = 24  # JSON integers longer than this are refused before Python converts them
 HEADER_ALIGNMENT = 8
 
@@ -379,6 +380,10 @@ def _parse_entry(path: Path, name: str, raw: object) -> TensorEntry:
     ):
         raise CheckpointFormatError(
             f"{where}: shape must be a list of at most {MAX_RANK} non-negative integers, got {bounded(shape)}"
+        )
+    if math.prod(max(size, 1) for size in shape) > MAX_ELEMENTS:
+        raise CheckpointFormatError(
+            f"{where}: shape {bounded(shape)} has more elements than a tensor can index (2**63)"
         )
     offsets = raw["data_offsets"]
     if (

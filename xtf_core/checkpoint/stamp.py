@@ -35,7 +35,9 @@ KEY_FINGERPRINT = "xtf.fingerprint"
 KEY_MIGRATIONS = "xtf.migrations"
 KEY_ORIGIN = "xtf.origin"
 
+FINGERPRINT_FORMAT = 1  # the fingerprint record version whose fields read_fingerprint checks
 MAX_VERSION_CHARS = 64
+MAX_KEY_CHARS = 100
 MAX_SPEC_BYTES = 1024 * 1024
 MAX_SPEC_DEPTH = 32
 MAX_SPEC_INT = 2**53  # no size, count or seed in a spec is larger; bigger ints cannot come from a real model
@@ -169,7 +171,12 @@ def _check_spec_values(spec: dict, where: str) -> None:
                 raise CheckpointFormatError(
                     f"{where}: {KEY_SPEC} at {path}: {bounded(name)} is not a class name"
                 )
-            stack.extend((f"{path}.{bounded(key, 40)}", item) for key, item in value.items())
+            long = next((key for key in value if len(key) > MAX_KEY_CHARS), None)
+            if long is not None:
+                raise CheckpointFormatError(
+                    f"{where}: {KEY_SPEC} at {path}: {bounded(long, 60)} is not an option name"
+                )
+            stack.extend((f"{path}.{key}", item) for key, item in value.items())
         elif isinstance(value, list):
             stack.extend((f"{path}[{i}]", item) for i, item in enumerate(value))
         elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_SPEC_INT:
@@ -243,10 +250,46 @@ def read_migrations(metadata: Mapping[str, str], where: str) -> list[dict]:
 
 
 def read_origin(metadata: Mapping[str, str], where: str) -> dict | None:
+    """The first stamp a file ever had: a JSON object with string "lineage" and "version", or None."""
     origin = _read_json(metadata, KEY_ORIGIN, where, default=None)
-    if origin is not None and not isinstance(origin, dict):
-        raise CheckpointFormatError(f"{where}: {KEY_ORIGIN} must be a JSON object")
+    if origin is not None and not (
+        isinstance(origin, dict)
+        and isinstance(origin.get("lineage"), str)
+        and isinstance(origin.get("version"), str)
+    ):
+        raise CheckpointFormatError(
+            f'{where}: {KEY_ORIGIN} must be a JSON object with string "lineage" and "version"'
+        )
     return origin
+
+
+def read_fingerprint(metadata: Mapping[str, str], where: str) -> dict | None:
+    """The stored behaviour fingerprint, or None. A version-1 record must hold an integer list "shape",
+    a number list "samples" and a number "abs_sum"; other versions are left for the verifier to refuse."""
+    stored = _read_json(metadata, KEY_FINGERPRINT, where, default=None)
+    if stored is None:
+        return None
+    if not isinstance(stored, dict):
+        raise CheckpointFormatError(f"{where}: {KEY_FINGERPRINT} must be a JSON object")
+    if stored.get("version") == FINGERPRINT_FORMAT:
+        shape, samples = stored.get("shape"), stored.get("samples")
+        if not (
+            isinstance(shape, list)
+            and all(type(size) is int for size in shape)
+            and isinstance(samples, list)
+            and all(_is_number(value) for value in samples)
+            and _is_number(stored.get("abs_sum"))
+            and isinstance(stored.get("dtype", "float32"), str)
+        ):
+            raise CheckpointFormatError(
+                f'{where}: {KEY_FINGERPRINT} must hold an integer list "shape", a number list "samples" and a '
+                'number "abs_sum" (see docs/checkpoint-format.md)'
+            )
+    return stored
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def read_tied(metadata: Mapping[str, str], where: str) -> dict[str, str]:
