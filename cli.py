@@ -193,15 +193,29 @@ def main() -> None:
     """xtf: keep transformer checkpoints loadable forever."""
 
 
+def _pending_steps(stamp: Stamp) -> list[dict]:
+    """The steps `xtf migrate` would run to bring a file at `stamp` to the installed release."""
+    from xtf_core.chain.graph import default_chain
+
+    pending = default_chain().route(stamp)
+    return [{**record, "summary": step.summary} for record, step in zip(pending.records(), pending.steps)]
+
+
 @main.command()
 @click.argument("ckpt", type=PATH)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def inspect(ckpt: Path, as_json: bool) -> None:
     """Show a checkpoint's stamp, spec, tensors, applied migrations and pending steps (reads headers only)."""
-    from xtf_core.chain.graph import default_chain
-    from xtf_core.chain.plan import checkpoint_stamp
+    # Headers and stamps only: the chain (and every migration step module) is imported only when the file
+    # is at another release than the installed one, so inspecting a current file stays fast.
     from xtf_core.checkpoint.header import read_checkpoint_headers
-    from xtf_core.checkpoint.stamp import current_stamp, is_stamped, read_migrations, read_origin
+    from xtf_core.checkpoint.stamp import (
+        current_stamp,
+        is_stamped,
+        read_checkpoint_stamp,
+        read_migrations,
+        read_origin,
+    )
 
     headers = read_checkpoint_headers(ckpt)
     where = str(headers.path)
@@ -218,7 +232,7 @@ def inspect(ckpt: Path, as_json: bool) -> None:
         "stamp": None,
     }
     if is_stamped(metadata):
-        stamp, spec = checkpoint_stamp(headers)
+        stamp, spec = read_checkpoint_stamp(headers)
         origin = read_origin(metadata, where)
         report.update(
             stamp=str(stamp),
@@ -232,10 +246,7 @@ def inspect(ckpt: Path, as_json: bool) -> None:
             except json.JSONDecodeError:
                 report["ignored"] = metadata["xtf.ignored"]
         try:
-            pending = default_chain().route(stamp)
-            report["pending"] = [
-                {**record, "summary": step.summary} for record, step in zip(pending.records(), pending.steps)
-            ]
+            report["pending"] = [] if stamp == current_stamp() else _pending_steps(stamp)
         except XtfError as exc:
             report["pending_error"] = " ".join(str(exc).split())
     if as_json:
@@ -319,15 +330,19 @@ def migrate(
         stamp = lockfile.pin.target(default_chain())
     else:
         stamp = target
-    locked = lockfile.entry_for(ckpt) if lockfile is not None and in_place and not dry_run else None
-    if dry_run or not sys.stderr.isatty():
-        plan = migrate_file(ckpt, output, in_place=in_place, target=stamp, dry_run=dry_run)
-    else:
-        from xtf_core.chain.plan import plan_file
+    from xtf_core.chain.plan import plan_file
+    from xtf_core.checkpoint.source import open_checkpoint
 
-        total = plan_file(ckpt, stamp).output_bytes
-        with click.progressbar(length=total, label="migrating", file=sys.stderr) as bar:
-            plan = migrate_file(ckpt, output, in_place=in_place, target=stamp, progress=bar.update)
+    with open_checkpoint(ckpt) as opened:  # open once, plan once: the progress bar sizes the plan that runs
+        locked = (
+            lockfile.entry_for(opened.headers) if lockfile is not None and in_place and not dry_run else None
+        )
+        plan = plan_file(opened, stamp)
+        if dry_run or not sys.stderr.isatty():
+            migrate_file(opened, output, in_place=in_place, dry_run=dry_run, plan=plan)
+        else:
+            with click.progressbar(length=plan.output_bytes, label="migrating", file=sys.stderr) as bar:
+                migrate_file(opened, output, in_place=in_place, plan=plan, progress=bar.update)
     if locked is not None:
         from xtf_core.locking import lock_checkpoints
 

@@ -1,8 +1,9 @@
 """`save` and `load`: the model core's side of the checkpoint format.
 
-load reads top to bottom: open the headers -> read the stamp and spec -> read the tensors (hashing them
-as they stream, for the lockfile) -> migrate in memory if the stamp is older -> build the model on the
-meta device (no random init) -> assign the tensors strictly.
+load reads top to bottom, each stage taking the one opened checkpoint: open (headers, stamp, spec, tied map,
+read once) -> lockfile check -> plan the route once -> read the tensors (memory-mapped, or hashed as they
+are read for the lockfile, or straight to the device) -> migrate in memory with that plan -> build the
+model on the meta device (no random init) -> assign the tensors strictly.
 """
 
 from __future__ import annotations
@@ -12,27 +13,20 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from .checkpoint.atomic import atomic_file
-from .checkpoint.header import (
-    CheckpointHeaders,
-    Header,
-    encode_header,
-    open_regular,
-    read_checkpoint_headers,
-)
-from .checkpoint.io import dtype_code, read_range, tensor_bytes, tensor_from_bytes, write_all
+from .checkpoint.header import CheckpointHeaders, encode_header
+from .checkpoint.io import dtype_code, tensor_bytes, write_all
+from .checkpoint.source import OpenedCheckpoint, open_checkpoint
 from .checkpoint.stamp import (
     KEY_FINGERPRINT,
     Stamp,
     canonical_json,
     current_stamp,
-    read_checkpoint_stamp,
-    read_tied,
     stamped_metadata,
 )
 from .errors import (
@@ -46,6 +40,9 @@ from .errors import (
 )
 from .fingerprint import compute_fingerprint
 from .spec import build, spec_of
+
+if TYPE_CHECKING:
+    from .lock import LockCheck
 
 log = logging.getLogger("xtf")
 
@@ -97,66 +94,48 @@ def write_tensors(path: Path, tensors: Mapping[str, Tensor], metadata: Mapping[s
             write_all(fd, tensor_bytes(tensors[name]))
 
 
-def read_tensors(headers: CheckpointHeaders, hasher: Any | None = None) -> dict[str, Tensor]:
-    """Every tensor of a checkpoint, read in file order; `hasher` (single files) sees every byte once."""
-    tensors: dict[str, Tensor] = {}
-    for header in headers.shards.values():
-        fd = open_source(header)
-        try:
-            position = 0
-            if hasher is not None:
-                hasher.update(read_range(fd, 0, header.data_start))
-                position = header.data_start
-            for entry in header.tensors.values():
-                offset = header.file_offset(entry)
-                if hasher is not None and offset > position:
-                    hasher.update(read_range(fd, position, offset - position))
-                buffer = read_range(fd, offset, entry.nbytes)
-                if hasher is not None:
-                    hasher.update(buffer)
-                    position = offset + entry.nbytes
-                tensors[entry.name] = tensor_from_bytes(buffer, entry.dtype, entry.shape)
-            if hasher is not None and position < header.file_size:
-                hasher.update(read_range(fd, position, header.file_size - position))
-        except OSError as exc:
-            raise CheckpointFormatError(f"{header.path}: cannot read tensor data ({exc})") from exc
-        finally:
-            os.close(fd)
-    return tensors
-
-
-def open_source(header: Header) -> int:
-    """A read descriptor for the file `header` came from: still a regular file, still the same size."""
-    fd, size = open_regular(header.path)
-    if size != header.file_size:
-        os.close(fd)
-        raise CheckpointFormatError(
-            f"{header.path}: the file changed size since its header was read ({header.file_size} -> {size} bytes)"
-        )
-    return fd
+def read_tensors(headers: CheckpointHeaders) -> dict[str, Tensor]:
+    """Every tensor of a checkpoint whose headers are read, in file order (memory-mapped: no copy)."""
+    with OpenedCheckpoint(headers) as opened:
+        return opened.read_tensors()
 
 
 def load_state(
-    path: str | os.PathLike[str], *, hasher: Any | None = None, target: Stamp | str | None = None
+    path: str | os.PathLike[str] | OpenedCheckpoint,
+    *,
+    target: Stamp | str | None = None,
+    device: str | torch.device | None = None,
+    lock_check: LockCheck | None = None,
+    verify: bool = True,
 ) -> tuple[dict[str, Tensor], dict[str, Any], dict[str, Any]]:
     """(tensors, spec, info) of a checkpoint, migrated in memory to `target` (default: installed xtf).
 
+    `path` may be a checkpoint already opened (`open_checkpoint`): nothing is then read twice. The route
+    and its steps are planned once, before any tensor is read, and handed to the migration. `device`:
+    where the tensors go (straight from the file). `lock_check` (from `lock.lock_check`): its hashers see
+    the bytes as they are read, and it is verified before anything is migrated (with `verify=False` the
+    caller verifies it: `load` does so after building, so the digest runs while the model is built).
     `info` holds `stamp` (as stored), `applied` (steps run now) and the file's `metadata`.
     """
-    headers = read_checkpoint_headers(path)
-    where = str(headers.path)
-    metadata = headers.metadata
-    stamp, spec = read_checkpoint_stamp(headers)
-    tied = read_tied(metadata, where)
+    opened = open_checkpoint(path)
+    where = opened.where
+    stamp, spec, tied = opened.stamp, opened.spec, opened.tied
     target_stamp = Stamp.coerce(target) if target is not None else current_stamp()
+    plan = None
     if stamp != target_stamp:
-        from .chain import route
+        from .chain.plan import plan_route
 
         try:  # the whole route (a newer stamp, an irreversible step) is checked before any tensor is read
-            route(stamp, target_stamp)
+            plan = plan_route(stamp, spec, target_stamp)
         except (VersionError, IrreversibleStepError) as exc:
             raise type(exc)(f"{where}: {exc}") from exc
-    tensors = read_tensors(headers, hasher)
+    try:
+        tensors = opened.read_tensors(device=device, hashers=lock_check.hashers if lock_check else None)
+    finally:
+        if opened is not path:
+            opened.close()
+    if lock_check is not None and verify:
+        lock_check.verify()
     for dropped, kept in tied.items():
         if kept not in tensors:
             raise CheckpointFormatError(
@@ -164,12 +143,22 @@ def load_state(
             )
         tensors[dropped] = tensors[kept]
     applied: list[dict[str, Any]] = []
-    if stamp != target_stamp:
-        from .chain import migrate_in_memory
+    if plan is not None:
+        from .chain.memory import migrate_in_memory
 
-        tensors, spec, applied = migrate_in_memory(tensors, spec, stamp, target_stamp)
+        tensors, spec, applied = migrate_in_memory(tensors, plan=plan)
         log.info("xtf: migrated %s from %s to %s (%d step(s))", where, stamp, target_stamp, len(applied))
-    return tensors, spec, {"stamp": stamp, "applied": applied, "metadata": metadata, "path": headers.path}
+        if device is not None:  # a step may add a tensor (a constant) on the CPU
+            target_device = torch.device(device)
+            tensors = {
+                name: t if t.device.type == target_device.type else t.to(target_device)
+                for name, t in tensors.items()
+            }
+    return (
+        tensors,
+        spec,
+        {"stamp": stamp, "applied": applied, "metadata": opened.metadata, "path": opened.path},
+    )
 
 
 def check_state(model: nn.Module, tensors: Mapping[str, Tensor], where: str) -> None:
@@ -293,9 +282,17 @@ def load(
     Older stamps are migrated in memory; a newer stamp is refused. With a lockfile (`lock=`, `XTF_LOCK`,
     or an `xtf.lock` in this folder or a parent), a locked file must match its recorded sha256.
     """
-    from .lock import enforce_lock
+    from .lock import lock_check
 
-    with enforce_lock(path, lock) as hasher:
-        tensors, spec, info = load_state(path, hasher=hasher)
-    model = build_with_state(spec, tensors, str(info["path"]))
-    return model.to(device) if device is not None else model
+    with open_checkpoint(path) as opened:  # open -> lock check -> plan -> read -> migrate -> build
+        check = lock_check(opened, lock)
+        tensors, spec, info = load_state(opened, device=device, lock_check=check, verify=False)
+    try:
+        model = build_with_state(spec, tensors, str(info["path"]))
+    except XtfError:
+        if check is not None:
+            check.verify()  # a file that is not the locked one is refused as such, whatever else is wrong
+        raise
+    if check is not None:
+        check.verify()  # the digest of the bytes read ran while the model was built; refuse before returning
+    return model

@@ -1,31 +1,32 @@
 """Lockfile enforcement at load time: a locked checkpoint must match its recorded sha256.
 
-`xtf_core.load` wraps its read in `enforce_lock(path, lock)`. The lockfile is `lock` (a path or a
-`Lockfile`), else `XTF_LOCK`, else the nearest `xtf.lock` in the current folder or a parent; `lock=False`
-turns the check off. The yielded hasher is fed every byte while the tensors are read, so the check costs no
-second read; the digest is compared when the read ends, before any model is built. A file the lock does not
-name loads unchecked. An installed xtf outside the pin only warns (loudly): loading still works.
+`xtf_core.load` opens the checkpoint once, then asks `lock_check(opened, lock)` whether it is locked. The
+lockfile is `lock` (a path or a `Lockfile`), else `XTF_LOCK`, else the nearest `xtf.lock` in the current
+folder or a parent; `lock=False` turns the check off. A locked checkpoint gets a `LockCheck`: its file
+names and sizes are checked at once, its `hashers` are handed to the read (which feeds them exactly the
+bytes it keeps, so the check costs no second read; the digest runs on another thread while reading and
+building go on), and `verify()` compares the digests before the model is returned. A file the lock does not name loads unchecked. An installed xtf outside the pin
+only warns (loudly): loading still works.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
-import os
+import queue
+import threading
 import warnings
-from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xtf_core.checkpoint.header import read_checkpoint_headers
+from xtf_core.checkpoint.source import OpenedCheckpoint
 from xtf_core.checkpoint.stamp import current_stamp
 from xtf_core.errors import LockError
 from xtf_core.lockfile import (
     FileDigest,
     LockEntry,
     Lockfile,
-    checkpoint_files,
     combined_digest,
     find_lockfile,
     hash_file,
@@ -61,39 +62,6 @@ def pin_problem(lockfile: Lockfile) -> str | None:
     return None
 
 
-class _StreamDigest:
-    """Receives the bytes of a checkpoint's data files in read order and keeps one sha256 per file.
-
-    Boundaries come from the recorded sizes (the files were already checked to have those sizes)."""
-
-    def __init__(self, sizes: list[tuple[str, int]]):
-        self.sizes = sizes
-        self.digests = [hashlib.sha256() for _ in sizes]
-        self.current = 0
-        self.left = sizes[0][1] if sizes else 0
-        self.overflow = False
-
-    def update(self, data: bytes | bytearray | memoryview) -> None:
-        view = memoryview(data).cast("B")
-        while view:
-            while self.left == 0 and self.current + 1 < len(self.sizes):
-                self.current += 1
-                self.left = self.sizes[self.current][1]
-            if self.left == 0:
-                self.overflow = bool(view) or self.overflow
-                return
-            take = min(self.left, len(view))
-            self.digests[self.current].update(view[:take])
-            self.left -= take
-            view = view[take:]
-
-    def complete(self) -> bool:
-        return not self.overflow and self.current == len(self.sizes) - 1 and self.left == 0
-
-    def hexdigests(self) -> dict[str, str]:
-        return {name: digest.hexdigest() for (name, _), digest in zip(self.sizes, self.digests)}
-
-
 def _mismatch(lockfile: Lockfile, entry: LockEntry, detail: str) -> LockError:
     return LockError(
         f"{lockfile.location(entry)}: {detail}, so it is not the checkpoint locked in {lockfile.path}; "
@@ -107,52 +75,106 @@ def _expected_files(entry: LockEntry) -> dict[str, tuple[str, int]]:
     return {Path(entry.path).name: (entry.sha256, entry.size)}
 
 
-@contextlib.contextmanager
-def enforce_lock(path: str | os.PathLike[str], lock: Any = None) -> Iterator[Any]:
-    """Yield a hasher for `load_state` (None when `path` is not locked); refuse a mismatch on exit."""
+class BackgroundDigest:
+    """A sha256 computed on a worker thread (hashlib releases the GIL), fed buffers in order.
+
+    `update` only queues the buffer, so the reader goes on reading (and the model is built) while the
+    digest is computed; a buffer must not change until `flush()` (every queued buffer hashed) returns."""
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256()
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def update(self, data: Any) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="xtf-sha256", daemon=True)
+            self._thread.start()
+        self._queue.put(data)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                if self._error is None:
+                    self._digest.update(item)
+            except BaseException as exc:  # reported by hexdigest, on the caller's thread
+                self._error = exc
+            finally:
+                self._queue.task_done()
+
+    def flush(self) -> None:
+        if self._thread is not None:
+            self._queue.join()
+
+    def hexdigest(self) -> str:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            raise self._error
+        return self._digest.hexdigest()
+
+
+@dataclass
+class LockCheck:
+    """A locked checkpoint being loaded: what its files must hash to, and the hashers the read feeds."""
+
+    lockfile: Lockfile
+    entry: LockEntry
+    expected: dict[str, tuple[str, int]]
+    opened: OpenedCheckpoint
+    hashers: dict[str, Any] = field(default_factory=dict)
+
+    def verify(self) -> None:
+        """Refuse (LockError) unless every file hashed to its locked digest; a sharded folder's index is
+        small and hashed here."""
+        actual = {name: hasher.hexdigest() for name, hasher in self.hashers.items()}
+        for file in self.opened.files:
+            if file.name not in actual:
+                actual[file.name] = hash_file(file)[0]
+        wrong = sorted(name for name, (sha, _) in self.expected.items() if actual.get(name) != sha)
+        if not wrong:
+            return
+        entry = self.entry
+        if entry.files:
+            found = combined_digest([FileDigest(n, actual[n], self.expected[n][1]) for n in self.expected])
+            detail = f"sha256 of {', '.join(wrong)} changed (folder digest {found[:12]}…, locked {entry.sha256[:12]}…)"
+        else:
+            detail = f"sha256 {actual[wrong[0]][:12]}… differs from the locked {entry.sha256[:12]}…"
+        raise _mismatch(self.lockfile, entry, detail)
+
+
+def lock_check(opened: OpenedCheckpoint, lock: Any = None) -> LockCheck | None:
+    """The check a load of `opened` must pass (None: no lockfile, or it does not name this checkpoint).
+
+    File names and sizes are compared now, before any tensor is read; the digests after the read."""
     lockfile = resolve_lock(lock)
     if lockfile is None:
-        yield None
-        return
+        return None
     problem = pin_problem(lockfile)
     if problem:
         log.warning("xtf: WARNING: %s", problem)
-        warnings.warn(problem, LockPinWarning, stacklevel=4)
-    entry = lockfile.entry_for(path)
+        warnings.warn(problem, LockPinWarning, stacklevel=3)
+    entry = lockfile.entry_for(opened.headers)
     if entry is None:
-        yield None
-        return
-    headers = read_checkpoint_headers(path)
-    files = checkpoint_files(headers)
+        return None
+    files = opened.files
     expected = _expected_files(entry)
     if sorted(f.name for f in files) != sorted(expected):
         raise _mismatch(
             lockfile, entry, f"its files ({', '.join(f.name for f in files)}) differ from the locked ones"
         )
+    sizes = {header.path.name: header.file_size for header in opened.headers.shards.values()}
     for file in files:
-        size = file.stat().st_size
+        size = sizes[file.name] if file.name in sizes else file.stat().st_size
         if size != expected[file.name][1]:
             raise _mismatch(
                 lockfile, entry, f"{file.name} is {size} bytes, locked at {expected[file.name][1]}"
             )
-    # load_state reads the data files (every shard, in the order the headers list them) through the hasher;
-    # a sharded index is small and hashed here.
-    streamed = [(h.path.name, expected[h.path.name][1]) for h in headers.shards.values()]
-    hasher = _StreamDigest(streamed)
-    yield hasher
-    actual = hasher.hexdigests() if hasher.complete() else {}
-    for file in files:
-        if file.name not in actual:
-            actual[file.name] = hash_file(file)[0]
-    wrong = sorted(name for name, (sha, _) in expected.items() if actual.get(name) != sha)
-    if wrong and hasher.complete():
-        # Confirm from the files themselves before refusing (the stream order is load_state's business).
-        actual.update({file.name: hash_file(file)[0] for file in files if file.name in wrong})
-        wrong = sorted(name for name, (sha, _) in expected.items() if actual.get(name) != sha)
-    if wrong:
-        if entry.files:
-            found = combined_digest([FileDigest(n, actual[n], expected[n][1]) for n in expected])
-            detail = f"sha256 of {', '.join(wrong)} changed (folder digest {found[:12]}…, locked {entry.sha256[:12]}…)"
-        else:
-            detail = f"sha256 {actual[wrong[0]][:12]}… differs from the locked {entry.sha256[:12]}…"
-        raise _mismatch(lockfile, entry, detail)
+    hashers = {header.path.name: BackgroundDigest() for header in opened.headers.shards.values()}
+    return LockCheck(lockfile, entry, expected, opened, hashers)

@@ -1,7 +1,7 @@
 """The `xtf.lock` file: a pinned requirement, the stamps it can load, and one digest per locked checkpoint.
 
 Format only (read, write, digest, derive compatibility from the chain); enforcement at load time is in
-`lock.py`, the verbs in `cli.py`. No torch here. The format is documented in docs/lockfile.md.
+`lock.py`, the verbs in `locking.py`. No torch here. The format is documented in docs/lockfile.md.
 
 The pin is a PEP 440 requirement on `xtf` or on a release of the legacy `x-transformers` lineage. What it
 implies, derived from the installed chain:
@@ -234,9 +234,11 @@ def text_digest(text: str) -> str:
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
-def checkpoint_key(path: str | os.PathLike) -> Path:
-    """The resolved path a checkpoint is locked under: the file, or the folder of a sharded checkpoint."""
-    headers = read_checkpoint_headers(path)
+def checkpoint_key(path: str | os.PathLike | CheckpointHeaders) -> Path:
+    """The resolved path a checkpoint is locked under: the file, or the folder of a sharded checkpoint.
+
+    Given headers already read (`OpenedCheckpoint.headers`), nothing is read again."""
+    headers = path if isinstance(path, CheckpointHeaders) else read_checkpoint_headers(path)
     return (headers.folder if headers.is_sharded else headers.path).resolve()
 
 
@@ -303,8 +305,8 @@ class Lockfile:
     def with_pin(self, pin: Pin, chain) -> Lockfile:
         return replace(self, pin=pin, target=str(pin.target(chain)), stamps=pin.stamps(chain))
 
-    def entry_for(self, checkpoint: str | os.PathLike) -> LockEntry | None:
-        """The entry locking `checkpoint` (a file, index or folder), or None."""
+    def entry_for(self, checkpoint: str | os.PathLike | CheckpointHeaders) -> LockEntry | None:
+        """The entry locking `checkpoint` (a file, index or folder, or its headers already read), or None."""
         key = checkpoint_key(checkpoint)
         for entry in self.entries.values():
             if (self.root / entry.path).resolve() == key:

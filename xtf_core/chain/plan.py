@@ -1,9 +1,10 @@
 """Plan a migration before touching a tensor: the spec at every step, the ops, and per tensor what happens.
 
-`plan_steps` turns a route into concrete ops (checking every reverse before any data is read);
-`plan_file` runs those ops over the lazy tensors of a checkpoint's headers, so a dry run and the real run
-share one plan: which tensors are kept, renamed, reshaped, added, dropped or transformed, and how many bytes
-each one costs to write.
+`plan_steps` turns a route into concrete ops (checking every reverse before any data is read), and
+`plan_route` pairs them with their route: the one plan `load` hands to `migrate_in_memory`. `plan_file`
+runs those ops over the lazy tensors of a checkpoint's headers, so a dry run, the progress bar and the real
+run share one plan: which tensors are kept, renamed, reshaped, added, dropped or transformed, and how many
+bytes each one costs to write.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from xtf_core.chain.tensors import (
     Workspace,
     origin_shard,
 )
-from xtf_core.checkpoint.header import CheckpointHeaders, read_checkpoint_headers
-from xtf_core.checkpoint.stamp import Stamp, read_checkpoint_stamp, read_tied, stamped_metadata
+from xtf_core.checkpoint.header import CheckpointHeaders
+from xtf_core.checkpoint.source import OpenedCheckpoint, open_checkpoint
+from xtf_core.checkpoint.stamp import Stamp, read_checkpoint_stamp, stamped_metadata
 from xtf_core.errors import MigrationError
 
 MAX_LISTED_TENSORS = 40
@@ -53,6 +55,29 @@ def plan_steps(route: Route, spec: dict) -> list[PlannedStep]:
         planned.append(PlannedStep(step, route.direction, tuple(ops), spec, after))
         spec = after
     return planned
+
+
+@dataclass(frozen=True)
+class RoutePlan:
+    """A route with its steps made concrete for a spec: computed once, then handed to whatever runs it
+    (`migrate_in_memory(plan=...)` for `load`, `plan_file` and `migrate_file(plan=...)` for files)."""
+
+    route: Route
+    steps: list[PlannedStep]
+    spec: dict
+
+    @property
+    def spec_after(self) -> dict:
+        return self.steps[-1].spec_after if self.steps else dict(self.spec)
+
+
+def plan_route(
+    source: Stamp | str, spec: dict, target: Stamp | str | None = None, chain: Chain | None = None
+) -> RoutePlan:
+    """Route `source` -> `target` (default: installed) and make every step concrete for `spec`; raises
+    (newer stamp, irreversible step, a step that cannot run on this spec) before any tensor is read."""
+    route = (chain or default_chain()).route(source, target)
+    return RoutePlan(route, plan_steps(route, spec), spec)
 
 
 def run_steps(planned: list[PlannedStep], ws: Workspace) -> None:
@@ -95,7 +120,8 @@ class TensorAction:
 
 @dataclass
 class FilePlan:
-    """Everything `migrate_file` will do, computed from the headers alone."""
+    """Everything `migrate_file` will do, computed from the headers alone. `source` is the opened
+    checkpoint it was planned from (so running the plan opens nothing again)."""
 
     headers: CheckpointHeaders
     route: Route
@@ -105,6 +131,7 @@ class FilePlan:
     outputs: dict[str, dict[str, TensorNode]]
     drops: list[DroppedTensor]
     actions: list[TensorAction] = field(default_factory=list)
+    source: OpenedCheckpoint | None = None
 
     @property
     def output_bytes(self) -> int:
@@ -168,13 +195,14 @@ def checkpoint_stamp(headers: CheckpointHeaders) -> tuple[Stamp, dict]:
 
 
 def plan_file(
-    path: str | os.PathLike, target: Stamp | str | None = None, chain: Chain | None = None
+    path: str | os.PathLike | OpenedCheckpoint, target: Stamp | str | None = None, chain: Chain | None = None
 ) -> FilePlan:
-    """open -> read stamp -> route -> run the ops over the header's lazy tensors; reads no tensor data."""
-    headers = read_checkpoint_headers(path)
-    source, spec = checkpoint_stamp(headers)
-    route = (chain or default_chain()).route(source, target)
-    planned = plan_steps(route, spec)
+    """open (unless given an opened checkpoint) -> stamp -> route -> run the ops over the header's lazy
+    tensors; reads no tensor data."""
+    opened = open_checkpoint(path)
+    headers = opened.headers
+    route_plan = plan_route(opened.stamp, opened.spec, target, chain)
+    route, planned, spec = route_plan.route, route_plan.steps, route_plan.spec
     ws = Workspace(
         {
             entry.name: StoredBytes(
@@ -184,7 +212,7 @@ def plan_file(
         }
     )
     run_steps(planned, ws)
-    tied = rename_tied(read_tied(headers.metadata, str(headers.path)), planned)
+    tied = rename_tied(opened.tied, planned)
     missing_tied = sorted(kept for kept in tied.values() if kept not in ws.tensors)
     if missing_tied:
         raise MigrationError(
@@ -193,7 +221,7 @@ def plan_file(
     new_spec = planned[-1].spec_after if planned else spec
     metadata = stamped_metadata(headers.metadata, route.target, new_spec, route.records(), tied=tied)
     outputs = _assign_shards(headers, ws.tensors)
-    plan = FilePlan(headers, route, planned, new_spec, metadata, outputs, ws.drops)
+    plan = FilePlan(headers, route, planned, new_spec, metadata, outputs, ws.drops, source=opened)
     plan.actions = _actions(headers, outputs, ws.drops)
     return plan
 

@@ -11,7 +11,7 @@ import contextlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from xtf_core.chain.graph import Chain
 from xtf_core.chain.plan import FilePlan, plan_file
 from xtf_core.chain.tensors import Computed, Realiser, StoredBytes, TensorNode, check_drops
 from xtf_core.checkpoint.atomic import atomic_file, atomic_folder, backup_for_rewrite, is_temp_leftover
-from xtf_core.checkpoint.header import DTYPE_SIZES, encode_header
+from xtf_core.checkpoint.header import DTYPE_SIZES, encode_header, resolve_checkpoint_path
 from xtf_core.checkpoint.io import (
     copy_range,
     dtype_code,
@@ -28,6 +28,7 @@ from xtf_core.checkpoint.io import (
     tensor_from_bytes,
     write_all,
 )
+from xtf_core.checkpoint.source import OpenedCheckpoint, open_checkpoint
 from xtf_core.checkpoint.stamp import Stamp
 from xtf_core.errors import MigrationError
 
@@ -44,15 +45,23 @@ def migrate_file(
     dry_run: bool = False,
     progress: Progress | None = None,
     chain: Chain | None = None,
+    plan: FilePlan | None = None,
 ) -> FilePlan:
-    """Migrate checkpoint `src` (file, sharded folder or index) to `target` (default: installed release).
+    """Migrate checkpoint `src` (file, sharded folder, index, or an opened checkpoint) to `target`
+    (default: installed release).
 
     Writes to `dst`, or over `src` with `in_place=True` (after keeping `<name>.bak`). `dry_run` returns the
     plan and writes nothing. `progress` is called with the number of bytes each written tensor adds.
+    `plan` (from `plan_file`, e.g. to size a progress bar) is run as it is: `src` must be the checkpoint it
+    was planned from, and nothing is planned again.
     """
     if (dst is None) == (not in_place):
         raise MigrationError("give exactly one of an output path (-o OUT) or --in-place")
-    plan = plan_file(src, target, chain)
+    owned = plan is None or plan.source is None  # the descriptors this call opens, it closes
+    if plan is None:
+        plan = plan_file(src, target, chain)
+    else:
+        _check_plan_matches(plan, src, target)
     if dry_run:
         return plan
     source = plan.headers.folder if plan.headers.is_sharded else plan.headers.path
@@ -63,41 +72,48 @@ def migrate_file(
         )
     if not destination.parent.is_dir():
         raise MigrationError(f"output folder {destination.parent} does not exist; create it first")
+    opened = plan.source if plan.source is not None else open_checkpoint(plan.headers.path)
     try:
-        _write(plan, source, destination, in_place, progress)
+        _write(plan, opened, source, destination, in_place, progress)
     except OSError as exc:
         raise MigrationError(
             f"{destination}: {exc.strerror or exc} while writing; nothing was written at the output path"
         ) from exc
+    finally:
+        if owned and opened is not src:
+            opened.close()
     return plan
 
 
+def _check_plan_matches(plan: FilePlan, src: object, target: Stamp | str | None) -> None:
+    """A plan handed in must be for this checkpoint and this target (a plan is never silently re-aimed)."""
+    planned_from = plan.headers.path.resolve()
+    given = src.path if isinstance(src, OpenedCheckpoint) else resolve_checkpoint_path(src)  # type: ignore[arg-type]
+    if Path(given).resolve() != planned_from:
+        raise MigrationError(f"the plan was made for {plan.headers.path}, not for {src}")
+    if target is not None and Stamp.coerce(target) != plan.route.target:
+        raise MigrationError(f"the plan targets {plan.route.target}, not {target}")
+
+
 def _write(
-    plan: FilePlan, source: Path, destination: Path, in_place: bool, progress: Progress | None
+    plan: FilePlan,
+    opened: OpenedCheckpoint,
+    source: Path,
+    destination: Path,
+    in_place: bool,
+    progress: Progress | None,
 ) -> None:
     """Check drops, back up for --in-place, then write every output file atomically."""
-    with _open_sources(plan) as source_fds:
-        realise = Realiser(lambda node: _read_stored(source_fds, node))
-        check_drops(plan.drops, realise)
-        with backup_for_rewrite(source) if in_place else contextlib.nullcontext():
-            if plan.headers.is_sharded:
-                _write_sharded(plan, destination, source_fds, realise, progress)
-            else:
-                tensors = plan.outputs[plan.headers.path.name]
-                with atomic_file(destination) as fd:
-                    _write_tensors(fd, tensors, plan.metadata, source_fds, realise, progress)
-
-
-@contextlib.contextmanager
-def _open_sources(plan: FilePlan) -> Iterator[dict[str, int]]:
-    fds: dict[str, int] = {}
-    try:
-        for shard, header in plan.headers.shards.items():
-            fds[shard] = os.open(header.path, os.O_RDONLY)
-        yield fds
-    finally:
-        for fd in fds.values():
-            os.close(fd)
+    source_fds = {shard: opened.shard_fd(shard) for shard in plan.headers.shards}
+    realise = Realiser(lambda node: _read_stored(source_fds, node))
+    check_drops(plan.drops, realise)
+    with backup_for_rewrite(source) if in_place else contextlib.nullcontext():
+        if plan.headers.is_sharded:
+            _write_sharded(plan, destination, source_fds, realise, progress)
+        else:
+            tensors = plan.outputs[plan.headers.path.name]
+            with atomic_file(destination) as fd:
+                _write_tensors(fd, tensors, plan.metadata, source_fds, realise, progress)
 
 
 def _read_stored(source_fds: dict[str, int], node: StoredBytes):
