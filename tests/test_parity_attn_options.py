@@ -190,7 +190,7 @@ def test_attn_options_apply_to_cross_attention_too():
         "Decoder", cross_attend=True, attn_num_mem_kv=2, cross_attn_num_mem_kv=3, attn_head_scale=True
     )
     ref, ours = paired(spec)
-    assert ours.layers[1][1].mem_k.shape[1] == 3 and hasattr(ours.layers[1][1], "head_scale_params")
+    assert ours.layers[1][1].mem_k.shape[1] == 3 and ours.layers[1][1].head_scale_params is not None
     x, context = seeded_randn(2, 5, DIM, seed=1), seeded_randn(2, 4, DIM, seed=2)
     with torch.no_grad():
         assert_close(ref(x, context=context), ours(x, context=context), "output")
