@@ -10,16 +10,16 @@ the same random seeds, and their init-time effects are checked on freshly built 
 from __future__ import annotations
 
 import random
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from click.testing import CliRunner
 from parity_configs import assert_close, paired, seeded_mask, seeded_randn
 
 import xtf_core
+from xtf_cli.cli import main
 from xtf_core.errors import UnsupportedOptionError
 
 NUM_TOKENS = 20
@@ -391,7 +391,31 @@ def test_save_load_verify_round_trip(tmp_path: Path) -> None:
     toks = tokens(2, 6, 23)
     with torch.no_grad():
         assert_close(ref(toks), loaded(toks), "loaded model vs reference")
-    result = subprocess.run(
-        [str(Path(sys.executable).parent / "xtf"), "verify", str(path)], capture_output=True, text=True
+    result = CliRunner().invoke(main, ["verify", str(path)])
+    assert result.exit_code == 0, result.output
+
+
+def test_save_load_verify_conditioned_cross_attention(tmp_path: Path) -> None:
+    """The stored fingerprint runs a conditioned stack (with a condition) and finds a wrapped cross block."""
+    spec = tw(
+        "Encoder",
+        cross_attend=True,
+        shift_tokens=1,
+        use_adaptive_rmsnorm=True,
+        use_adaptive_layerscale=True,
+        dim_condition=6,
+        adaptive_condition_mlp=True,
+        gate_residual=True,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
+    ref, ours = paired(spec)
+    path = xtf_core.save(ours, tmp_path / "c.safetensors")
+    loaded = xtf_core.load(path)
+    toks, context = tokens(2, 5, 24), seeded_randn(2, 3, 16, seed=25)
+    condition = seeded_randn(2, 6, seed=26)
+    with torch.no_grad():
+        expected = ref(toks, context=context, condition=condition)
+        assert_close(
+            expected, loaded(toks, context=context, condition=condition), "loaded model vs reference"
+        )
+    result = CliRunner().invoke(main, ["verify", str(path)])
+    assert result.exit_code == 0, result.output

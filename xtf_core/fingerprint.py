@@ -35,11 +35,16 @@ def _padding_mask(n: int) -> Tensor:
 
 
 def _context_kwargs(layers: AttentionLayers, gen: torch.Generator, dtype: torch.dtype) -> dict[str, Tensor]:
-    if not layers.cross_attend:
-        return {}
-    dim_context = layers.layers[layers.layer_types.index("c")][1].to_k.in_features
-    context = torch.randn((BATCH, 4, dim_context), generator=gen).to(dtype)
-    return {"context": context, "context_mask": _padding_mask(4)}
+    kwargs: dict[str, Tensor] = {}
+    if layers.cross_attend:
+        block = layers.layers[layers.layer_types.index("c")][1]
+        while not hasattr(block, "to_k"):  # under token shift / layer scale wrappers
+            block = block.fn
+        context = torch.randn((BATCH, 4, block.to_k.in_features), generator=gen).to(dtype)
+        kwargs |= {"context": context, "context_mask": _padding_mask(4)}
+    if getattr(layers, "need_condition", False):  # adaptive norms / layer scale read a condition
+        kwargs["condition"] = torch.randn((BATCH, layers.dim_condition), generator=gen).to(dtype)
+    return kwargs
 
 
 def _run(model: nn.Module) -> Tensor:
