@@ -9,7 +9,9 @@ of a node back to slices of its inputs, so a rank reads only the rows it owns:
 - split/merge/transpose: the matching slice(s) of the input(s), cut or joined as the op says;
 - reshape of a computed tensor: the input rows covering the slice's flat range;
 - an elementwise value transform: applied to the slice after it is read;
-- any other value transform: refused when the plan is made, before a byte is read.
+- anything else (a row permutation, a transform over a whole tensor, an op of unknown kind): the tensor is
+  computed whole from its inputs, read whole, and the slice is kept; one such tensor at a time, so a rank's
+  peak stays within its shard plus the largest such tensor (and its inputs).
 """
 
 from __future__ import annotations
@@ -95,22 +97,22 @@ def plan_load(path: str | os.PathLike) -> LoadPlan:
 
 
 def _check_sliceable(node: TensorNode, name: str, where: str) -> None:
-    """Refuse, before anything is read, a node whose slices cannot be computed from slices of its inputs."""
+    """Refuse, before anything is read, a node that has no function to compute it."""
     if not isinstance(node, Computed):
         return
-    if node.kind == "transform" and not node.elementwise:
-        what = node.args[0] if node.args else f"a value transform of {name!r}"
+    if not callable(node.fn):
         raise MigrationError(
-            f"{where}: {what} is not elementwise, so it cannot be applied to the slice each rank reads; "
-            f"run xtf migrate {where} -o MIGRATED first and load that file"
-        )
-    if node.kind not in ("transform", "narrow", "cat", "transpose", "reshape"):
-        raise MigrationError(
-            f"{where}: tensor {name!r} is produced by {node.label!r}, which a sharded load cannot slice; "
-            f"run xtf migrate {where} -o MIGRATED first and load that file"
+            f"{where}: tensor {name!r} is produced by {node.label!r}, which cannot be computed"
         )
     for item in node.inputs:
         _check_sliceable(item, name, where)
+
+
+def _sliceable(node: Computed) -> bool:
+    """Whether a slice of `node` is computed from slices of its inputs (else: whole, then cut)."""
+    if node.kind == "transform":
+        return bool(node.elementwise)
+    return node.kind in ("narrow", "cat", "transpose", "reshape")
 
 
 class SliceReader:
@@ -212,7 +214,12 @@ class SliceReader:
         import torch
 
         kind, args = node.kind, node.args
-        if kind == "transform":  # elementwise (checked when the plan was made)
+        if not _sliceable(node):  # computed whole from whole inputs, then cut: one tensor at a time
+            whole = node.fn(
+                *(self.read_slice(item, (0,) * len(item.shape), item.shape) for item in node.inputs)
+            )
+            return _narrow_all(whole, offsets, lengths)
+        if kind == "transform":  # elementwise: applied to the slice
             return node.fn(self.read_slice(node.inputs[0], offsets, lengths))
         if kind == "narrow":
             dim, start, _ = args
@@ -240,7 +247,7 @@ class SliceReader:
             return torch.cat(pieces, dim=dim)
         if kind == "reshape":
             return self._read_reshaped(node, offsets, lengths)
-        raise MigrationError(f"{node.label!r} cannot be sliced")  # unreachable: refused by plan_load
+        raise MigrationError(f"{node.label!r} cannot be sliced")  # unreachable: _sliceable above
 
     def _read_reshaped(self, node: Computed, offsets: tuple[int, ...], lengths: tuple[int, ...]):
         """Rows of the output cover a flat range; read the input rows covering it, then cut and reshape."""
