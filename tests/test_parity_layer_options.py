@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 import torch
 from click.testing import CliRunner
-from parity_configs import assert_close, paired, seeded_mask, seeded_randn
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from parity_configs import PARITY_SETTINGS, assert_close, paired, paired_or_reject, seeded_mask, seeded_randn
 
 import xtf_core
 from xtf_cli.cli import main
@@ -419,3 +421,95 @@ def test_save_load_verify_conditioned_cross_attention(tmp_path: Path) -> None:
         )
     result = CliRunner().invoke(main, ["verify", str(path)])
     assert result.exit_code == 0, result.output
+
+
+# ---------------------------------------------------------------------------------------------- combinations
+
+
+@st.composite
+def layer_option_mix(draw: st.DrawFn) -> dict[str, Any]:
+    """Several of the new options at once, on top of the older families (positions, norms, layouts)."""
+    o: dict[str, Any] = {"depth": draw(st.integers(1, 3))}
+    residual = draw(
+        st.sampled_from(
+            (
+                "plain",
+                "scale",
+                "scale_float",
+                "gate",
+                "orthog",
+                "mv_split",
+                "streams",
+                "gated_multi",
+                "aggregated",
+            )
+        )
+    )
+    o |= {
+        "plain": {},
+        "scale": {"scale_residual": True, "scale_residual_constant": 0.8},
+        "scale_float": {"scale_residual": 0.6},
+        "gate": {"gate_residual": True},
+        "orthog": {"orthog_residual": True},
+        "mv_split": {"mv_split_residual": True},
+        "streams": {"num_residual_streams": 2},
+        "gated_multi": {"gated_multi_residual": True, "residual_fn_kwargs": {"read_gate_rank": 4}},
+        "aggregated": {
+            "attn_aggregated_residuals": True,
+            "attn_aggregated_residual_kwargs": {"lora_rank": 4},
+        },
+    }[residual]
+    norm = draw(
+        st.sampled_from(("layernorm", "use_rmsnorm", "use_scalenorm", "use_dynamic_tanh", "use_derf"))
+    )
+    if norm != "layernorm":
+        o[norm] = True
+    layout = draw(st.sampled_from(("pre", "sandwich", "post", "pre_and_post")))
+    if layout == "sandwich" and residual != "gated_multi":
+        o["sandwich_norm"] = True
+    elif layout == "post" and norm != "use_dynamic_tanh":
+        o["pre_norm"] = False
+    elif layout == "pre_and_post":
+        o["pre_and_post_norm"] = True
+    for key, value in (
+        ("macaron", True),
+        ("use_layerscale", True),
+        ("softclamp_output", True),
+        ("reinject_input", True),
+        ("add_value_residual", True),
+        ("ff_post_act_ln", True),
+        ("ff_glu", True),
+    ):
+        if draw(st.integers(0, 3)) == 0:
+            o[key] = value
+    if residual in ("streams", "gated_multi"):
+        o.pop("reinject_input", None)  # 2.31.10 adds the [b] injection to the [(b s)] streams and fails
+    if o.get("add_value_residual"):
+        o["learned_value_residual_mix"] = False  # the learned mix breaks 2.31.10's kv cache
+    o["shift_tokens"] = draw(st.integers(0, 2))
+    position = draw(st.sampled_from(("none", "rotary", "alibi", "dynamic")))
+    if position == "rotary":
+        o |= {"rotary_pos_emb": True, "rotary_emb_dim": 4}
+    elif position == "alibi":
+        o["alibi_pos_bias"] = True
+    elif position == "dynamic":
+        o["dynamic_pos_bias"] = True
+    repeat = draw(st.sampled_from(("none", "weight_tie", "unet")))
+    if repeat == "weight_tie":
+        o |= {"weight_tie_layers": True, "depth": 2}
+    elif repeat == "unet" and not o.get("macaron"):
+        o |= {"unet_skips": True, "depth": 4}
+    return o
+
+
+@settings(PARITY_SETTINGS, max_examples=30)
+@given(options=layer_option_mix(), seed=st.integers(0, 2**16))
+def test_option_combinations_parity(options: dict[str, Any], seed: int) -> None:
+    ref, ours = paired_or_reject(tw("Decoder", **options), seed)
+    toks, mask = tokens(2, 6, seed), seeded_mask(2, 6, seed + 1)
+    with torch.no_grad():
+        assert_close(ref(toks, mask=mask), ours(toks, mask=mask), "decoder logits (masked)")
+        assert_close(cached_steps(ref, toks, 3), cached_steps(ours, toks, 3), "kv-cache logits")
+    ref, ours = paired_or_reject(tw("Encoder", **options), seed)
+    with torch.no_grad():
+        assert_close(ref(toks, mask=mask), ours(toks, mask=mask), "encoder logits (masked)")
