@@ -74,12 +74,14 @@ def best_partial_prefix(state: Mapping[str, Any], layouts: list[Layout]) -> tupl
 
 def select(
     state: dict[str, Any], layouts: list[Layout], prefix: str | None, where: str
-) -> tuple[dict[str, Any], str]:
-    """(the model's state dict, its prefix) out of `state`; `prefix` None means: find it.
+) -> tuple[dict[str, Any], str, bool]:
+    """(the model's state dict, its prefix, whether that prefix is only a guess) out of `state`; `prefix`
+    None means: find it.
 
     Without a prefix: the whole dict when it fits at the top level; the one fitting prefix when exactly one
-    fits; an error listing them when several do. When none fits, the whole dict is returned (the layout check
-    that follows names what differs, and `mismatch_hint` where the tensors seem to be)."""
+    fits; an error listing them when several do. When none fits, the prefix holding most of the config's
+    tensor names is a guess (the layout check that follows names what differs there, and `mismatch_hint`
+    says where it looked)."""
     if prefix is not None:
         prefix = normalise(prefix)
         sub = under(state, prefix)
@@ -88,28 +90,33 @@ def select(
             raise ConversionError(
                 f"{where}: no tensor under the prefix {prefix!r}; the top-level names start with {heads}"
             )
-        return sub, prefix
+        return sub, prefix, False
     fits = fitting_prefixes(state, layouts)
-    if "" in fits or not fits:
-        return state, ""
+    if "" in fits:
+        return state, "", False
     if len(fits) > 1:
         raise ConversionError(
             f"{where}: the config's model fits under several prefixes ({', '.join(repr(p) for p in fits)}); "
             "name the one to convert with --prefix"
         )
-    return under(state, fits[0]), fits[0]
+    if fits:
+        return under(state, fits[0]), fits[0], False
+    best = best_partial_prefix(state, layouts)  # the top level comes first, and wins ties
+    if best is not None and best[0] and best[1] > 0:
+        return under(state, best[0]), best[0], True
+    return state, "", False
 
 
 def mismatch_hint(state: Mapping[str, Any], layouts: list[Layout], prefix: str) -> str:
-    """A sentence naming the prefix the config's tensor names sit under, when that (not the config) is why
-    the layout differs; '' otherwise."""
-    best = best_partial_prefix(state, layouts)
-    if best is None or best[0] in ("", prefix) or best[1] == 0:
+    """Where the layout was looked for, when that was a guess: the prefix and how many of the config's tensor
+    names are there."""
+    if not prefix or not layouts:
         return ""
-    other, hits, total = best
+    names = set(under(state, prefix))
+    hits = max((len(names & set(layout)), len(layout)) for layout in layouts)
     return (
-        f"; {hits} of the {total} tensor names the config builds are there under the prefix {other!r}: "
-        f"convert that part with --prefix {other}"
+        f" (compared under the prefix {prefix!r}, where {hits[0]} of the {hits[1]} tensor names the config "
+        "builds are; if the model is elsewhere, name its prefix with --prefix)"
     )
 
 

@@ -23,7 +23,7 @@ from .layout import compare_layouts, layout_at
 from .torch_pickle import read_state_dict
 
 LINEAGE = "x-transformers"
-FIRST_SUPPORTED = Version("0.0.29")
+FIRST_SUPPORTED = Version("0.0.9")
 LAST_KNOWN = Version("2.31.10")
 BROKEN_RELEASES = {
     "0.4.0": "a one-release function (post-norm stacks also normed their last block; cross-attention crashed)",
@@ -218,7 +218,7 @@ def convert(
         stamp = check_release(release)
         config, ignored, renamed = as_release_built(config, stamp.version, where)
     layouts = _layouts(config, stamp)
-    state, prefix = prefixes.select(full_state, layouts, prefix, where)
+    state, prefix, guessed = prefixes.select(full_state, layouts, prefix, where)
     try:
         if stamp is None:
             detection = detect_release(state, config, where)
@@ -228,10 +228,9 @@ def convert(
             why = "named with --from"
         _compare_layout(state, config, stamp, where)
     except ConversionError as exc:
-        hint = prefixes.mismatch_hint(full_state, layouts, prefix)
-        if not hint:
+        if not guessed:
             raise
-        raise ConversionError(f"{exc}{hint}") from exc
+        raise ConversionError(f"{exc}{prefixes.mismatch_hint(full_state, layouts, prefix)}") from exc
     try:
         _, _, model = _fit(state, config, stamp, where)
     except XtfError as exc:

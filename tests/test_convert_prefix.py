@@ -89,7 +89,9 @@ def test_a_layout_mismatch_names_the_prefix_it_sees(tmp_path: Path) -> None:
     wrong["attn_layers"]["depth"] = 3  # the config is wrong too: nothing fits, under any prefix
     pt = tmp_path / "in.pt"
     torch.save({"net." + k: v for k, v in model.state_dict().items()}, pt)
-    with pytest.raises(ConversionError, match=r"names the config builds are there under the prefix 'net\.'"):
+    with pytest.raises(
+        ConversionError, match=r"compared under the prefix 'net\.', where \d+ of the \d+ tensor names"
+    ):
         xtransformers.convert(pt, tmp_path / "o.safetensors", release=NOW, config=wrong)
 
 
