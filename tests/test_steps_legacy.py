@@ -11,6 +11,7 @@ import math
 import pytest
 import torch
 
+import xtf_migrations.xt_0_0_29_block_list as block_list
 import xtf_migrations.xt_0_4_0_block_lists as block_lists
 import xtf_migrations.xt_0_5_0_split_kv as split_kv
 import xtf_migrations.xt_0_6_4_geglu as geglu
@@ -302,3 +303,31 @@ def test_scalenorm_gain_divided_by_sqrt_dim():
     # 0.9.0 divides by |x| / sqrt(8): the same output needs g / sqrt(8)
     assert torch.allclose(new["attn_layers.layers.0.0.g"], torch.tensor([2.0 / math.sqrt(8)]))
     assert torch.equal(new["norm.weight"], old["norm.weight"]) and _close(back, old)
+
+
+@pytest.mark.parametrize(
+    ("layers", "old_slots"),
+    [
+        ({"class": "Encoder"}, (0, 1)),  # (attention, feed-forward) per depth
+        ({"class": "Decoder"}, (0, 2)),  # (self-attention, None, feed-forward) per depth
+        ({"class": "Decoder", "cross_attend": True}, (0, 1, 2)),
+    ],
+)
+def test_per_depth_lists_become_one_block_list(layers, old_slots):
+    spec = _spec(**layers, depth=2)
+    old = {}
+    for depth in range(2):
+        for slot in old_slots:
+            old[f"attn_layers.layers.{depth}.{slot}.norm.weight"] = torch.randn(8)
+            old[f"attn_layers.layers.{depth}.{slot}.fn.to_q.weight"] = torch.randn(8, 8)
+    new, _, back, _ = round_trip(Step.from_module(block_list), old, spec)
+    width = len(old_slots)
+    for depth in range(2):
+        for offset, slot in enumerate(old_slots):
+            block = depth * width + offset  # flat order: depth-major, block types in order
+            for leaf in ("norm.weight", "fn.to_q.weight"):
+                assert torch.equal(
+                    new[f"attn_layers.layers.{block}.{leaf}"],
+                    old[f"attn_layers.layers.{depth}.{slot}.{leaf}"],
+                )
+    assert len(new) == len(old) and _same(back, old)
