@@ -57,6 +57,15 @@ def test_manifest_matches_files():
 
 def test_corpus_covers_the_eras():
     releases = {fx["release"] for fx in FIXTURES}
+    # both sides of every boundary below 0.28.4 (eras page)
+    for v in ["0.0.9", "0.0.28", "0.0.29", "0.3.5", "0.4.1", "0.4.4", "0.5.0", "0.6.3", "0.6.4", "0.6.7"]:
+        assert v in releases
+    for v in ["0.7.0", "0.7.3", "0.7.4", "0.8.4", "0.9.0", "0.10.0", "0.11.1", "0.11.2", "0.11.4", "0.11.8"]:
+        assert v in releases
+    for v in ["0.11.9", "0.14.5", "0.15.0", "0.17.10", "0.17.11", "0.20.1", "0.20.2", "0.20.9", "0.21.1"]:
+        assert v in releases
+    for v in ["0.23.0", "0.24.0", "0.24.1", "0.25.9", "0.26.0", "0.27.1"]:
+        assert v in releases
     for v in [
         "0.28.4",
         "0.32.3",
