@@ -184,6 +184,53 @@ def test_cross_attention_option_parity_with_context_mask(name):
         assert_close(ref(x, context=context, **masks), out, "masked cross-attention output")
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"num_mem_kv": 2, "qk_norm": True},
+        {"use_latent_kv": True, "dim_latent_kv": 8},
+        {"pre_talking_heads": True, "post_talking_heads": True, "sparse_topk": 2},
+        {"head_learned_sink": True, "add_zero_kv": True, "value_rmsnorm": True},
+    ],
+    ids=["mem_kv", "latent_kv", "talking_heads+topk", "sink+zero_kv+value_rmsnorm"],
+)
+def test_cross_attention_options_through_the_kv_cache(options):
+    spec = _tw(_layers("Decoder", cross_attend=True, **_prefixed("cross_attn_", options)))
+    ref, ours = paired(spec)
+    tokens, context = _tokens(2, 6, seed=1), seeded_randn(2, 4, DIM, seed=2)
+    context_mask = seeded_mask(2, 4, seed=3)
+
+    def steps(model: Any) -> torch.Tensor:
+        kwargs = {"context": context, "context_mask": context_mask, "return_intermediates": True}
+        logits, cache = model(tokens[:, :3], **kwargs)
+        out = [logits[:, -1]]
+        for t in range(4, 7):
+            logits, cache = model(tokens[:, :t], cache=cache, **kwargs)
+            out.append(logits[:, -1])
+        return torch.stack(out, dim=1)
+
+    with torch.no_grad():
+        full = ours(tokens, context=context, context_mask=context_mask)
+        assert_close(ref(tokens, context=context, context_mask=context_mask), full, "logits")
+        ours_cached = steps(ours)
+        assert_close(steps(ref), ours_cached, "cached logits")
+        assert_close(full[:, 2:], ours_cached, "cached vs full logits")
+
+
+def test_learned_value_mix_with_latent_kv_refuses_the_cache():
+    """2.31.10 applies the new token's learned mix to every cached position (cached != full pass)."""
+    spec = _tw(
+        _layers("Decoder", depth=3, add_value_residual=True, attn_use_latent_kv=True, attn_dim_latent_kv=8)
+    )
+    ref, ours = paired(spec)
+    tokens = _tokens(2, 5, seed=1)
+    with torch.no_grad():
+        assert_close(ref(tokens), ours(tokens), "logits")
+        _, cache = ours(tokens[:, :3], return_intermediates=True)
+        with pytest.raises(UnsupportedOptionError, match="use_latent_kv"):
+            ours(tokens[:, :4], cache=cache, return_intermediates=True)
+
+
 def test_attn_options_apply_to_cross_attention_too():
     """x-transformers hands `attn_*` options to cross-attention as well, unless `cross_attn_*` overrides."""
     spec = _layers(

@@ -504,6 +504,9 @@ class Attention(nn.Module):
         values = v
 
         if value_residual is not None:  # ResFormer: mix in the first layer's values
+            if latent_cache is not None and cache is not None and self.to_value_residual_mix is not None:
+                # the per-token mix of the new tokens would be applied to every cached position (2.31.10 does)
+                _refuse("a learned value-residual mix cannot be combined with 'use_latent_kv' and a kv cache")
             mix = 0.5
             if self.to_value_residual_mix is not None:
                 mix = self.to_value_residual_mix(x).transpose(1, 2)[..., None]
