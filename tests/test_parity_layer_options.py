@@ -284,6 +284,24 @@ def test_in_attn_cond_and_forward_execute_order_parity() -> None:
             assert_close(ref(toks, mask=mask, **kw), ours(toks, mask=mask, **kw), f"{sorted(kw)}")
 
 
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"macaron": True, "weight_tie_layers": True}, {"num_residual_streams": 2, "softclamp_output": True}],
+    ids=["plain", "weight_tied_macaron", "streams"],
+)
+def test_layer_and_block_hiddens_parity(options: dict[str, Any]) -> None:
+    ref, ours = paired({"class": "Decoder", **BASE, **options})
+    x, mask = seeded_randn(2, 5, 16, seed=27), seeded_mask(2, 5, 28)
+    with torch.no_grad():
+        (ref_out, ref_inter), (our_out, our_inter) = (
+            m(x, mask=mask, return_hiddens=True) for m in (ref, ours)
+        )
+    assert_close(ref_out, our_out)
+    assert_close(list(ref_inter.layer_hiddens), list(our_inter.layer_hiddens), "layer hiddens")
+    assert_close(list(ref_inter.block_hiddens), list(our_inter.block_hiddens), "block hiddens")
+    assert_close(list(ref_inter.hiddens), list(our_inter.hiddens), "attention-layer hiddens")
+
+
 def test_new_options_keep_eval_function_of_training_options() -> None:
     """Training-only options build the plain model: same weights give the same eval outputs."""
     plain = xtf_core.build(tw("Decoder"))

@@ -45,6 +45,8 @@ class LayerIntermediates:
     cache_length: int = 0
     mems: list[Tensor] | None = None
     memory_tokens: Tensor | None = None
+    layer_hiddens: list[Tensor] = field(default_factory=list)  # each block's input, then the stack's output
+    block_hiddens: list[Tensor] = field(default_factory=list)  # after each transformer block; last is final
 
 
 # ---------------------------------------------------------------------------------------------- block parts
@@ -732,15 +734,17 @@ class AttentionLayers(SpecRecorder, nn.Module):
                 [
                     make_norm() if pre_norm else None,
                     make_norm() if o.sandwich_norm else None,
-                    make_norm(final=is_last) if (not pre_norm or o.pre_and_post_norm) else None,
+                    make_norm(final=is_last)
+                    if (not pre_norm or o.pre_and_post_norm) and not (is_last and o.xtf_no_final_norm)
+                    else None,
                 ]
             )
             self.layers.append(nn.ModuleList([norms, block, residual]))
         self.skip_combines = nn.ModuleList(skip_combines) if o.unet_skips else None
         self.layer_integrators = nn.ModuleList(layer_integrators) if o.attn_aggregated_residuals else None
         has_final_norm = (
-            pre_norm and o.pre_norm_has_final_norm and not o.pre_and_post_norm
-        ) or o.gated_multi_residual
+            (pre_norm and o.pre_norm_has_final_norm and not o.pre_and_post_norm) or o.gated_multi_residual
+        ) and not o.xtf_no_final_norm
         self.final_norm = make_norm(final=True) if has_final_norm else nn.Identity()
         self.reinject_input_proj = nn.Linear(o.dim, o.dim, bias=False) if o.reinject_input else None
         self.learned_reinject_input_gate = (
@@ -868,6 +872,8 @@ class AttentionLayers(SpecRecorder, nn.Module):
         inters: list[AttentionIntermediates] = []
         skip_hiddens: list[Tensor] = []
         layer_hiddens: list[Tensor] = []
+        block_hiddens: list[Tensor] = []
+        last_index = len(self.layers) - 1
         prev_attn = prev_cross_attn = None
         first_values: dict[str, Tensor] = {}
         need_logits = return_attn or self.residual_attn
@@ -904,8 +910,8 @@ class AttentionLayers(SpecRecorder, nn.Module):
                 residual, residual_kwargs = x, {}
             else:
                 x, residual, residual_kwargs = residual_fn.prepare(x)
+            layer_hiddens.append(x)
             if self.layer_integrators is not None:
-                layer_hiddens.append(x)
                 integrator = self.layer_integrators[index]
                 if integrator is not None:
                     x = integrator(layer_hiddens)
@@ -969,7 +975,11 @@ class AttentionLayers(SpecRecorder, nn.Module):
                     prev_cross_attn = inter.pre_softmax_attn
             if post_main_norm is not None:
                 x = post_main_norm(x, **norm_kwargs)
+            if (step + 1) % self.block_len == 0 or step == last_index:
+                block_hiddens.append(x)
 
+        if return_hiddens:
+            layer_hiddens.append(x)
         if self.options.softclamp_output:
             value = self.options.softclamp_output_value
             x = (x / value).tanh() * value
@@ -978,11 +988,15 @@ class AttentionLayers(SpecRecorder, nn.Module):
         x = self.final_norm(x, **norm_kwargs) if not isinstance(self.final_norm, nn.Identity) else x
         if not return_hiddens:
             return x
+        if block_hiddens:
+            block_hiddens[-1] = x
         return x, LayerIntermediates(
             hiddens=hiddens,
             last_hidden=x,
             attn_intermediates=inters,
             cache_length=next_cache_length + prev_cache_length,
+            layer_hiddens=layer_hiddens,
+            block_hiddens=block_hiddens,
         )
 
 
