@@ -480,6 +480,41 @@ def test_standalone_attention_parity(kwargs):
     assert_close(expected, actual, "attention output")
 
 
+def test_qkv_from_three_views_parity():
+    """`qkv_receive_diff_residuals`: x stacks the query, key and value inputs ([3, b, n, d])."""
+    ref, ours = _attention_pair(
+        heads=2, dim_head=8, causal=True, qkv_receive_diff_residuals=True, num_mem_kv=0
+    )
+    views = seeded_randn(3, 2, 5, DIM, seed=1)
+    mask = seeded_mask(2, 5, seed=2)
+    with torch.no_grad():
+        assert_close(ref(views, mask=mask), ours(views, mask=mask)[0], "attention output")
+    with pytest.raises(UnsupportedOptionError, match="qkv_receive_diff_residuals"):
+        ours(views, context=seeded_randn(2, 4, DIM, seed=3))
+
+
+@pytest.mark.parametrize("kv_cache", [False, True], ids=["full", "kv_cache"])
+def test_polar_positions_parity(kv_cache):
+    ref, ours = _attention_pair(heads=2, dim_head=8, causal=True, value_rmsnorm=True, head_scale=True)
+    polar = xt_module.PolarEmbedding(8, 2)
+    with torch.no_grad():
+        polar.learned_bias.uniform_(-1.0, 0.0)
+    x = seeded_randn(2, 6, DIM, seed=1)
+    emb = polar(torch.arange(6))
+    with torch.no_grad():
+        if not kv_cache:
+            mask = seeded_mask(2, 6, seed=2)
+            expected = ref(x, mask=mask, polar_pos_emb=emb)
+            actual, _ = ours(x, mask=mask, polar_pos_emb=emb)
+        else:
+            _, ref_cache = ref(x[:, :5], polar_pos_emb=emb, return_intermediates=True)
+            _, our_cache = ours(x[:, :5], polar_pos_emb=emb)
+            expected = ref(x[:, 5:], polar_pos_emb=emb, cache=ref_cache)
+            actual, _ = ours(x[:, 5:], polar_pos_emb=emb, cache=our_cache)
+            assert_close(ref(x, polar_pos_emb=emb)[:, 5:], actual, "cached vs full")
+    assert_close(expected, actual, "attention output with polar positions")
+
+
 @pytest.mark.parametrize("learned", [False, True], ids=["fixed_mix", "learned_mix"])
 def test_value_residual_input_parity(learned):
     ref, ours = _attention_pair(heads=2, dim_head=8, causal=True, learned_value_residual_mix=learned)

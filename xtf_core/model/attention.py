@@ -68,6 +68,14 @@ def _orthogonal_part(x: Tensor, y: Tensor) -> Tensor:
     return orthog.reshape(shape).to(dtype)
 
 
+def _apply_polar(t: Tensor, freqs: Tensor) -> Tensor:
+    """`softplus(t)` times `(cos, sin)` of the last `n` positions of `freqs`, concatenated (float32)."""
+    freqs = freqs[:, -t.shape[-2] :]
+    with torch.autocast(device_type=t.device.type, enabled=False):
+        magnitude = F.softplus(t.float())
+        return torch.cat((magnitude * freqs.cos(), magnitude * freqs.sin()), dim=-1).to(t.dtype)
+
+
 def _refuse(message: str) -> None:
     raise UnsupportedOptionError(message)
 
@@ -218,6 +226,7 @@ class Attention(nn.Module):
         cope_max_pos: int = 16,
         cope_soft_onehot_pos: bool = False,
         cope_talking_heads: bool = False,
+        qkv_receive_diff_residuals: bool = False,
     ) -> None:
         super().__init__()
         if kv_heads is not None and one_kv_head:
@@ -257,6 +266,8 @@ class Attention(nn.Module):
             _refuse(
                 "attention option 'cope_soft_onehot_pos' is not supported (x-transformers 2.31.10 cannot run it)"
             )
+        if qkv_receive_diff_residuals and (use_latent_q or use_latent_kv):
+            _refuse("attention option 'qkv_receive_diff_residuals' cannot be combined with latent attention")
         if use_cope and not causal:
             _refuse("attention option 'use_cope' needs causal attention (a Decoder)")
         if data_dependent_alibi_per_row and not causal and data_dependent_alibi:
@@ -316,6 +327,8 @@ class Attention(nn.Module):
         self.rotate_num_heads = rotate_num_heads
         self.laser, self.laser_softclamp_value = laser, laser_softclamp_value
         self.can_cache_kv = not selective
+        # self-attention whose x stacks three views [3, b, n, d]: query, key and value inputs
+        self.qkv_receive_diff_residuals = qkv_receive_diff_residuals
 
         # multi-latent attention: queries and/or keys and values from a low-rank latent (the cache holds it),
         # plus `latent_rope_subheads` key heads straight from the input, the only heads rotary touches
@@ -468,22 +481,28 @@ class Attention(nn.Module):
         cache: AttentionIntermediates | None = None,
         need_logits: bool = False,
         value_residual: Tensor | None = None,
+        polar_pos_emb: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, AttentionIntermediates]:
-        b, n = x.shape[:2]
         has_context = context is not None
-        kv_input = context if has_context else x
+        if self.qkv_receive_diff_residuals:
+            if has_context:
+                _refuse("attention option 'qkv_receive_diff_residuals' works on self-attention only")
+            x, k_input, v_input = x.unbind(0)
+        else:
+            k_input = v_input = context if has_context else x
+        b, n = x.shape[:2]
         mem_len = 0
         if mem is not None:
             mem_len = mem.shape[-2]
-            kv_input = torch.cat((mem, kv_input), dim=-2)
+            k_input, v_input = torch.cat((mem, k_input), dim=-2), torch.cat((mem, v_input), dim=-2)
 
         q_input = x if self.to_latent_q is None else self.to_latent_q(x)
         latent_cache = None
         if self.to_latent_kv is not None:
-            latent = self.to_latent_kv(kv_input)
+            latent = self.to_latent_kv(k_input)
             k_sub = None
             if self.to_rotateable_k is not None:
-                k_sub = self.to_rotateable_k(kv_input).unflatten(-1, (-1, self.dim_head)).transpose(1, 2)
+                k_sub = self.to_rotateable_k(k_input).unflatten(-1, (-1, self.dim_head)).transpose(1, 2)
             if cache is not None and cache.cached_kv is not None:
                 cached_latent, cached_sub = cache.cached_kv
                 latent = torch.cat((cached_latent, latent), dim=-2)
@@ -494,11 +513,11 @@ class Attention(nn.Module):
                 latent,
                 k_sub if k_sub is not None else latent.new_zeros(b, 0, latent.shape[-2], self.dim_head),
             )
-            kv_input = latent
+            k_input = v_input = latent
 
         q = self.to_q(q_input).unflatten(-1, (self.heads, -1)).transpose(1, 2)
-        k = self.to_k(kv_input).unflatten(-1, (-1, self.dim_head)).transpose(1, 2)
-        v = self.to_v(kv_input).unflatten(-1, (-1, self.value_dim_head)).transpose(1, 2)
+        k = self.to_k(k_input).unflatten(-1, (-1, self.dim_head)).transpose(1, 2)
+        v = self.to_v(v_input).unflatten(-1, (-1, self.value_dim_head)).transpose(1, 2)
         if latent_cache is not None and self.to_rotateable_k is not None:
             k = torch.cat((k, latent_cache[1]), dim=1)
         values = v
@@ -547,6 +566,11 @@ class Attention(nn.Module):
                 k = apply_rotary(k, freqs, k_scale)
                 if self.rotate_values:
                     v = apply_rotary(v, freqs, k_scale)
+        if polar_pos_emb is not None:  # PoPE: q and k become magnitude (softplus) times a phase, 2 x dim_head
+            if self.num_mem_kv:
+                _refuse("polar_pos_emb cannot be combined with attention option 'num_mem_kv'")
+            freqs, bias = polar_pos_emb
+            q, k = _apply_polar(q, freqs), _apply_polar(k, freqs + bias)
 
         key_mask = context_mask
         if key_mask is None and not has_context:
