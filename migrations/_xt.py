@@ -135,6 +135,10 @@ class Stack:
             for index in range(len(self.layer_types)):
                 for slot in sorted(slots):
                     found.append((f"{self.layers}layers.{index}.0.{slot}.", kind))
+        if self.get("xtf_no_final_norm"):  # a bare stack from before 1.15.0 ends unnormed
+            if not o.pre_norm and found:
+                found.pop()
+            return found
         if self.get("xtf_final_norm_layernorm") and not o.pre_norm and found:
             found[-1] = (found[-1][0], "layernorm")
         if o.pre_norm and o.pre_norm_has_final_norm:

@@ -73,6 +73,7 @@ class LayerOptions:
     attn_aggregated_residuals: bool = False
     attn_aggregated_residual_kwargs: dict[str, Any] = field(default_factory=dict)
     rotate_num_heads: int | None = None
+    rel_pos_kwargs: dict[str, Any] = field(default_factory=dict)
     num_residual_streams: int = 1
     hyper_conn_sinkhorn_iters: int = 5
     scale_residual: bool | float = False
@@ -100,6 +101,7 @@ class LayerOptions:
     xtf_unnormed_mems: bool = False  # Transformer-XL memories skip the pre-norm (< 1.27.5)
     xtf_attn_out_bias: bool = False  # attention output projections have a bias (< 0.26)
     xtf_normed_residual: bool = False  # pre-norm blocks add their branch to the normed input (0.4.0 - 0.7.3)
+    xtf_no_final_norm: bool = False  # a bare stack ends unnormed: no final norm, no last post-norm (< 1.15)
 
 
 LAYER_OPTIONS = frozenset(f.name for f in fields(LayerOptions))

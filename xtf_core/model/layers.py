@@ -531,6 +531,10 @@ class AttentionLayers(SpecRecorder, nn.Module):
             else None
         )
         self.rel_pos: nn.Module | None = None
+        if o.rel_pos_kwargs and not o.alibi_pos_bias:
+            raise UnsupportedOptionError(
+                f"{owner}: option 'rel_pos_kwargs' is supported with alibi_pos_bias only (its 'slopes')"
+            )
         if o.rel_pos_bias:
             if o.rel_pos_num_buckets > o.rel_pos_max_distance:
                 raise SpecError(f"{owner}: rel_pos_num_buckets must not exceed rel_pos_max_distance")
@@ -553,7 +557,8 @@ class AttentionLayers(SpecRecorder, nn.Module):
             alibi_heads = o.alibi_num_heads if o.alibi_num_heads is not None else o.heads
             if alibi_heads > o.heads:
                 raise SpecError(f"{owner}: alibi_num_heads ({alibi_heads}) exceeds heads ({o.heads})")
-            self.rel_pos = AlibiPositionalBias(alibi_heads, o.heads)
+            slopes = o.rel_pos_kwargs.get("slopes")  # x-transformers' ALiBi ignores any other key
+            self.rel_pos = AlibiPositionalBias(alibi_heads, o.heads, slopes=slopes)
 
         # normalisation (adaptive norms read a condition; the others store their gains with a unit offset)
         # the block pre-norm: gated multi-residual streams normalise in their read gate instead
