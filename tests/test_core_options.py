@@ -75,7 +75,7 @@ UNSUPPORTED = [
     ("attn_talking_heads", _layers("Encoder", attn_talking_heads=True)),
     ("cross_attn_hybrid_fold_axial_dim", _layers(cross_attend=True, cross_attn_hybrid_fold_axial_dim=2)),
     ("qkv_receive_diff_residuals", _layers(qkv_receive_diff_residuals=True)),
-    ("rel_pos_kwargs", _layers(rel_pos_bias=True, rel_pos_kwargs={"x": 1})),
+    ("rel_pos_kwargs", _layers(rel_pos_bias=True, rel_pos_kwargs={"num_buckets": 8})),
     ("attn_qkv_receive_diff_residuals", _layers(attn_qkv_receive_diff_residuals=True)),
     ("integrate_layers", _layers(integrate_layers=True)),
     ("not_an_option", _layers(not_an_option=1)),

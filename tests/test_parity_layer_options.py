@@ -219,6 +219,14 @@ def test_dynamic_pos_bias_parity(log_distance: bool, norm: bool) -> None:
     check_encoder(options)
 
 
+def test_rel_pos_kwargs_alibi_slopes_parity() -> None:
+    options = {"heads": 4, "alibi_pos_bias": True, "rel_pos_kwargs": {"slopes": [0.5, 0.25, 0.125]}}
+    check_decoder(options)
+    check_encoder(options)
+    with pytest.raises(UnsupportedOptionError, match="rel_pos_kwargs"):
+        xtf_core.build({"class": "Encoder", **BASE, "rel_pos_bias": True, "rel_pos_kwargs": {"x": 1}})
+
+
 def test_cross_residual_attn_parity() -> None:
     check_cross({"cross_residual_attn": True})
     check_cross({"cross_residual_attn": True, "residual_attn": True, "custom_layers": ("a", "c", "c", "f")})

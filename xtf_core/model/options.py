@@ -123,7 +123,6 @@ NEUTRAL_LAYER_OPTIONS: dict[str, Any] = {
     "integrate_layers": False,
     "layer_integrate_use_softmax": True,
     "qkv_receive_diff_residuals": False,
-    "rel_pos_kwargs": {},
 }
 
 # Attention options, valid with the `attn_` and the `cross_attn_` prefix.

@@ -127,10 +127,16 @@ def apply_rotary(t: Tensor, freqs: Tensor, scale: Tensor | float = 1.0) -> Tenso
     if torch.is_tensor(scale):
         scale = scale[:, -seq_len:, :][:, None]
     with torch.autocast(device_type=t.device.type, enabled=False):
-        t = t.float()
+        # The float32 frequencies promote the products (as in x-transformers): a half-precision `t` is
+        # rotated in float32 without a float32 copy of it, and only the rotated features are cast back.
         rotated, rest = t[..., :rot_dim], t[..., rot_dim:]
-        rotated = rotated * freqs.cos() * scale + _rotate_pairs(rotated) * freqs.sin() * scale
-        return torch.cat((rotated, rest), dim=-1).to(dtype)
+        cos, sin = freqs.cos(), freqs.sin()
+        if torch.is_tensor(scale) or scale != 1.0:
+            rotated = rotated * cos * scale + _rotate_pairs(rotated) * sin * scale
+        else:  # multiplying by 1.0 changes nothing: skip those two passes
+            rotated = rotated * cos + _rotate_pairs(rotated) * sin
+        rotated = rotated.to(dtype)
+        return torch.cat((rotated, rest), dim=-1) if rest.shape[-1] else rotated
 
 
 def alibi_slopes(heads: int) -> list[float]:
@@ -149,13 +155,17 @@ def alibi_slopes(heads: int) -> list[float]:
 class AlibiPositionalBias(nn.Module):
     """ALiBi on the first `heads` of `total_heads` heads (the rest get zero bias). No stored tensors."""
 
-    def __init__(self, heads: int, total_heads: int) -> None:
+    def __init__(self, heads: int, total_heads: int, slopes: list[float] | None = None) -> None:
         super().__init__()
-        self.heads = heads
+        # explicit slopes set the biased head count themselves, as in x-transformers
+        self.slopes = [float(v) for v in slopes] if slopes is not None else alibi_slopes(heads)
+        if len(self.slopes) > total_heads:
+            raise ValueError(f"{len(self.slopes)} ALiBi slopes for {total_heads} heads")
+        self.heads = len(self.slopes)
         self.total_heads = total_heads
 
     def _slopes(self, device: torch.device) -> Tensor:
-        return torch.tensor(alibi_slopes(self.heads), device=device)[:, None, None]
+        return torch.tensor(self.slopes, device=device)[:, None, None]
 
     def _finish(self, distance: Tensor) -> Tensor:
         bias = -distance.abs() * self._slopes(distance.device)
