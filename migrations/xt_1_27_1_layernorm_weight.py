@@ -22,11 +22,18 @@ def _biased(spec: dict, prefix: str) -> bool:
     return False
 
 
+def _width(spec: dict, prefix: str) -> int:
+    """The features a LayerNorm normalises: the embedding width for `post_emb_norm`, else the model's."""
+    for stack in stacks(spec):
+        if stack.wrapper is not None and prefix == f"{stack.wrapper}post_emb_norm.":
+            return stack.wrapper_get("emb_dim") or stack.dim
+    return stacks(spec)[0].dim
+
+
 def ops(spec: dict) -> list:
     found = []
     for prefix in layernorms(spec):
         found.append(Rename(prefix + "gamma", prefix + "weight"))
         if not _biased(spec, prefix):
-            dim = stacks(spec)[0].dim
-            found.append(Drop(prefix + "beta", 0.0, (dim,), f"like:{prefix}weight"))
+            found.append(Drop(prefix + "beta", 0.0, (_width(spec, prefix),), f"like:{prefix}weight"))
     return found
