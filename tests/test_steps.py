@@ -30,6 +30,11 @@ PER_STEP = 3  # configs checked per step: enough to cover its families, cheap to
 # step -> {tensor name suffix: why}. A tensor listed here may be present (kept) or shaped (pinned) unlike
 # the release's; every other tensor must match the release exactly.
 KEPT_FOR_THE_OLD_FUNCTION = {
+    "x-transformers==0.7.0": {
+        "to_logits.weight": "a config that left tie_embedding to the old default stays tied (pinned)",
+        "to_logits.bias": "a config that left tie_embedding to the old default stays tied (pinned)",
+    },
+    "x-transformers==0.26.0": {"to_out.bias": "the attention output bias is kept (xtf_attn_out_bias)"},
     "x-transformers==1.27.0": {
         "to_logits.bias": "the logits bias is kept (xtf_logits_bias)",
         "project_in.bias": "the CTW input projection bias is kept (xtf_project_bias)",
@@ -44,9 +49,15 @@ KEPT_FOR_THE_OLD_FUNCTION = {
 # stack options a step going down spells out at their default value (the same model as leaving them out)
 SPELLED_OUT_DEFAULTS = {"attn_qk_norm_scale": 10}
 # steps whose way down writes an equivalent spec, not the same one (the layout check above still holds)
-SPEC_EQUIVALENT = {"x-transformers==1.42.18": "rotary_emb_dim below 32 means 32 to those releases"}
+SPEC_EQUIVALENT = {
+    "x-transformers==1.42.18": "rotary_emb_dim below 32 means 32 to those releases",
+    "x-transformers==0.7.0": "tie_embedding=True spelled out or left to the default: the same model there",
+}
 # step -> tensor name prefix whose values the round trip cannot restore (unused by the old function)
-VALUE_NOT_KEPT = {"x-transformers==1.35.2": "encoder.to_logits."}
+VALUE_NOT_KEPT = {
+    "x-transformers==1.35.2": "encoder.to_logits.",
+    "x-transformers==0.21.1": "attn_layers.layers.3.0.",  # the unused norm of the last block (depth-2 post-norm)
+}
 
 
 def _node(release: str):
