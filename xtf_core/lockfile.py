@@ -293,6 +293,8 @@ class Lockfile:
     target: str
     stamps: list[str]
     entries: dict[str, LockEntry] = field(default_factory=dict)
+    # the installed chain when locked: (step id, sha256 of its source), oldest first (none: not recorded)
+    chain_steps: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def root(self) -> Path:
@@ -300,10 +302,19 @@ class Lockfile:
 
     @classmethod
     def new(cls, path: Path, pin: Pin, chain) -> Lockfile:
-        return cls(Path(path), pin, str(pin.target(chain)), pin.stamps(chain))
+        return cls(
+            Path(path), pin, str(pin.target(chain)), pin.stamps(chain), chain_steps=_chain_steps(chain)
+        )
 
     def with_pin(self, pin: Pin, chain) -> Lockfile:
-        return replace(self, pin=pin, target=str(pin.target(chain)), stamps=pin.stamps(chain))
+        """The same entries under `pin`, with the pin's stamps and the chain as installed now."""
+        return replace(
+            self,
+            pin=pin,
+            target=str(pin.target(chain)),
+            stamps=pin.stamps(chain),
+            chain_steps=_chain_steps(chain),
+        )
 
     def entry_for(self, checkpoint: str | os.PathLike | CheckpointHeaders) -> LockEntry | None:
         """The entry locking `checkpoint` (a file, index or folder, or its headers already read), or None."""
@@ -355,7 +366,7 @@ class Lockfile:
             if entry.path in entries:
                 raise LockError(f"{path}: {entry.path} is locked twice")
             entries[entry.path] = entry
-        return cls(path, pin, target, list(stamps), entries)
+        return cls(path, pin, target, list(stamps), entries, _chain_table(document, path))
 
     def render(self) -> str:
         """The lockfile text: fixed key order, entries sorted by path, so it diffs cleanly."""
@@ -368,6 +379,10 @@ class Lockfile:
             f"target = {_quote(self.target)}",
             f"stamps = [{', '.join(_quote(s) for s in self.stamps)}]",
         ]
+        if self.chain_steps:
+            lines += ["", "[chain]", f'sum = "{chain_total(self.chain_steps)}"', "steps = ["]
+            lines += [f"  [{_quote(step_id)}, {_quote(digest)}]," for step_id, digest in self.chain_steps]
+            lines.append("]")
         for key in sorted(self.entries):
             entry = self.entries[key]
             lines += [
@@ -398,6 +413,36 @@ class Lockfile:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
+
+
+def _chain_steps(chain) -> list[tuple[str, str]]:
+    from xtf_core.chain.digest import chain_sum
+
+    return list(chain_sum(chain).steps)
+
+
+def chain_total(steps: list[tuple[str, str]]) -> str:
+    from xtf_core.chain.digest import ChainSum
+
+    return ChainSum(tuple(steps)).total
+
+
+def _chain_table(document: dict, path: Path) -> list[tuple[str, str]]:
+    """The [chain] table: every step's id and source digest, checked against its own sum."""
+    table = document.get("chain")
+    if table is None:
+        return []
+    steps = table.get("steps") if isinstance(table, dict) else None
+    if not isinstance(steps, list) or not all(
+        isinstance(pair, list) and len(pair) == 2 and all(isinstance(v, str) for v in pair) for pair in steps
+    ):
+        raise LockError(f'{path}: [chain] steps must be a list of ["step id", "sha256:..."] pairs')
+    pairs = [(pair[0], pair[1]) for pair in steps]
+    if table.get("sum") != chain_total(pairs):
+        raise LockError(
+            f"{path}: [chain] sum does not match its steps (edited lockfile?); re-lock with xtf lock"
+        )
+    return pairs
 
 
 def _quote(text: str) -> str:

@@ -126,6 +126,14 @@ def check_lockfile(lockfile: Lockfile, release_check: ReleaseCheck | None = None
     problem = pin_problem(lockfile)
     if problem:
         problems.append(f"{name}: {problem}")
+    if lockfile.chain_steps:
+        from xtf_core.chain.digest import chain_changes, chain_sum
+
+        problems += [
+            f"{name}: {change}; a released step must never change (restore it), or re-lock with xtf lock"
+            + lockfile_option(name)
+            for change in chain_changes(lockfile.chain_steps, chain_sum(chain))
+        ]
     if stamps != lockfile.stamps or str(target) != lockfile.target:
         problems.append(
             f"{name}: the pin's recorded target/stamps ({lockfile.target}; {', '.join(lockfile.stamps)}) differ "
