@@ -69,26 +69,26 @@ def _xt(**kw: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- unsupported
 
 UNSUPPORTED = [
-    ("polar_pos_emb", _tw(_layers(polar_pos_emb=True))),
+    ("attn_rotate_num_heads", _tw(_layers(attn_rotate_num_heads=1))),
     ("attn_flash_pack_seq", _tw(_layers(attn_flash_pack_seq=True))),
     ("ff_output_proj_depth", _tw(_layers(ff_output_proj_depth=2))),
     ("attn_talking_heads", _layers("Encoder", attn_talking_heads=True)),
     ("cross_attn_hybrid_fold_axial_dim", _layers(cross_attend=True, cross_attn_hybrid_fold_axial_dim=2)),
-    ("qkv_receive_diff_residuals", _layers(qkv_receive_diff_residuals=True)),
+    ("ff_output_proj_depth", _layers(ff_output_proj_depth=1)),
     ("rel_pos_kwargs", _layers(rel_pos_bias=True, rel_pos_kwargs={"num_buckets": 8})),
     ("attn_qkv_receive_diff_residuals", _layers(attn_qkv_receive_diff_residuals=True)),
-    ("integrate_layers", _layers(integrate_layers=True)),
+    ("attn_output_proj_depth", _layers(attn_output_proj_depth=2)),
     ("not_an_option", _layers(not_an_option=1)),
     ("attn_not_an_option", _layers(attn_not_an_option=1)),
     ("foo", _tw(foo=1)),
     ("recycling", _tw(recycling=True)),  # l2norm_embed, num_output_heads, probabilistic are supported now
     ("ff_deep_embed", _tw(ff_deep_embed=True)),
     ("bar", _ctw(bar=None)),
-    ("integrate_layers", _xt(enc_integrate_layers=True)),
+    ("attn_rotate_num_heads", _xt(enc_attn_rotate_num_heads=1)),
     ("attn_flash_pack_seq", _xt(dec_attn_flash_pack_seq=True)),
     ("baz", _xt(baz=3)),
-    ("integrate_layers", _xt(dec_integrate_layers=True)),
-    ("polar_pos_emb", _layers(polar_pos_emb=0)),  # a number is not a flag's default
+    ("attn_learned_value_residual_mix", _xt(dec_attn_learned_value_residual_mix=True)),
+    ("attn_talking_heads", _layers(attn_talking_heads=0)),  # a number is not a flag's default
 ]
 
 
@@ -105,8 +105,8 @@ def test_unsupported_option_error_is_a_spec_error():
 
 
 def test_unsupported_option_on_direct_construction():
-    with pytest.raises(UnsupportedOptionError, match="'integrate_layers'"):
-        xtf_core.Decoder(dim=16, depth=1, integrate_layers=True)
+    with pytest.raises(UnsupportedOptionError, match="'attn_rotate_num_heads'"):
+        xtf_core.Decoder(dim=16, depth=1, attn_rotate_num_heads=1)
     with pytest.raises(UnsupportedOptionError, match="'unknown_kwarg'"):
         xtf_core.TransformerWrapper(
             num_tokens=10, max_seq_len=8, attn_layers=xtf_core.Decoder(dim=16, depth=1), unknown_kwarg=True

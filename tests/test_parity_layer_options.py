@@ -18,7 +18,15 @@ import torch
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from parity_configs import PARITY_SETTINGS, assert_close, paired, paired_or_reject, seeded_mask, seeded_randn
+from parity_configs import (
+    PARITY_SETTINGS,
+    assert_close,
+    paired,
+    paired_or_reject,
+    seeded_mask,
+    seeded_randn,
+    x_transformers,
+)
 
 import xtf_core
 from xtf_cli.cli import main
@@ -182,6 +190,20 @@ ARCHITECTURE_CASES: dict[str, dict[str, Any]] = {
         "attn_aggregated_residual_kwargs": {"lora_rank": 4},
     },
     "rotate_num_heads": {"rotate_num_heads": 1, "rotary_pos_emb": True},
+    "integrate_layers": {"integrate_layers": True},
+    "layer_integrate_use_softmax": {"integrate_layers": True, "layer_integrate_use_softmax": False},
+    "qkv_receive_diff_residuals_streams": {"qkv_receive_diff_residuals": True, "num_residual_streams": 2},
+    "qkv_receive_diff_residuals_gated": {
+        "qkv_receive_diff_residuals": True,
+        "gated_multi_residual": True,
+        "num_residual_streams": 2,
+        "residual_fn_kwargs": {"read_gate_rank": 4},
+    },
+    "qkv_receive_diff_residuals_aggregated": {
+        "qkv_receive_diff_residuals": True,
+        "attn_aggregated_residuals": True,
+        "attn_aggregated_residual_kwargs": {"lora_rank": 4},
+    },
     "pre_and_post_norm_no_pre_norm": {"pre_and_post_norm": True, "pre_norm": False},
     "hyper_conn_sinkhorn_iters": {
         "num_residual_streams": 2,
@@ -225,6 +247,33 @@ def test_rel_pos_kwargs_alibi_slopes_parity() -> None:
     check_encoder(options)
     with pytest.raises(UnsupportedOptionError, match="rel_pos_kwargs"):
         xtf_core.build({"class": "Encoder", **BASE, "rel_pos_bias": True, "rel_pos_kwargs": {"x": 1}})
+
+
+def test_polar_pos_emb_parity() -> None:
+    options = {"polar_pos_emb": True}
+    check_decoder(options)
+    check_encoder(options)
+    check_cross(options)
+
+
+def test_polar_bias_uniform_init() -> None:
+    """2.31.10 cannot build this (an in-place init on a leaf that needs grad); it only changes the init: the
+    key phase bias starts uniform in [-2 pi, 0], and with the same weights the model computes the same."""
+    spec = tw("Decoder", polar_pos_emb=True)
+    with pytest.raises(RuntimeError):
+        x_transformers.TransformerWrapper(
+            num_tokens=NUM_TOKENS,
+            max_seq_len=16,
+            attn_layers=x_transformers.Decoder(**BASE, polar_pos_emb=True, polar_bias_uniform_init=True),
+        )
+    ours = xtf_core.build(tw("Decoder", polar_pos_emb=True, polar_bias_uniform_init=True)).eval()
+    bias = ours.attn_layers.polar_pos_emb.learned_bias
+    assert bias.min() >= -2 * torch.pi and bias.max() <= 0 and bias.std() > 0.5
+    ref, _ = paired(spec)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    toks = tokens(2, 6, 29)
+    with torch.no_grad():
+        assert_close(ref(toks), ours(toks))
 
 
 def test_cross_residual_attn_parity() -> None:

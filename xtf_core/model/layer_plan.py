@@ -74,6 +74,11 @@ class LayerOptions:
     attn_aggregated_residual_kwargs: dict[str, Any] = field(default_factory=dict)
     rotate_num_heads: int | None = None
     rel_pos_kwargs: dict[str, Any] = field(default_factory=dict)
+    polar_pos_emb: bool = False
+    polar_bias_uniform_init: bool = False
+    qkv_receive_diff_residuals: bool = False
+    integrate_layers: bool = False
+    layer_integrate_use_softmax: bool = True
     num_residual_streams: int = 1
     hyper_conn_sinkhorn_iters: int = 5
     scale_residual: bool | float = False

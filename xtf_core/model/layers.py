@@ -29,9 +29,15 @@ from .layer_plan import (
     layer_types_for,
     layers_execute_order_for,
 )
-from .norms import AdaptiveLayerNorm, AdaptiveRMSNorm, Derf, DynamicTanh, LayerNorm, norm_class
+from .norms import AdaptiveLayerNorm, AdaptiveRMSNorm, Derf, DynamicTanh, LayerNorm, RMSNorm, norm_class
 from .options import split_prefixed
-from .positions import AlibiPositionalBias, DynamicPositionBias, RelativePositionBias, RotaryEmbedding
+from .positions import (
+    AlibiPositionalBias,
+    DynamicPositionBias,
+    PolarEmbedding,
+    RelativePositionBias,
+    RotaryEmbedding,
+)
 from .spec_record import SpecRecorder
 
 
@@ -76,12 +82,10 @@ class Scale(nn.Module):
 def _shift(t: Tensor, amount: int, mask: Tensor | None) -> Tensor:
     if amount == 0:
         return t
-    amount = min(amount, t.shape[1])
+    amount = min(amount, t.shape[1])  # x-transformers bounds by dim 1 (the batch, for stacked q/k/v views)
     if mask is not None:
         t = t.masked_fill(~mask[..., None], 0.0)
-    if amount > 0:
-        return F.pad(t, (0, 0, amount, 0))[:, : t.shape[1]]
-    return F.pad(t, (0, 0, 0, -amount))[:, -amount:]
+    return F.pad(t, (0, 0, amount, -amount))  # shift along the sequence (dim -2), zeros in
 
 
 class ShiftTokens(nn.Module):
@@ -219,35 +223,45 @@ class MVSplitResidual(Residual):
 
 class GatedMultiResidual(Residual):
     """Gated residual streams: an elementwise low-rank read gate mixes the (RMS-normalised) streams into the
-    branch input; a per-stream write gate scales the branch output added back to each stream."""
+    branch input (`num_input_views` inputs for separate query/key/value); a per-stream write gate scales the
+    branch output added back to each stream."""
 
-    def __init__(self, dim: int, *, layer_index: int, num_residual_streams: int, read_gate_rank: int) -> None:
+    def __init__(
+        self,
+        dim: int,
+        *,
+        layer_index: int,
+        num_residual_streams: int,
+        read_gate_rank: int,
+        num_input_views: int = 1,
+    ) -> None:
         super().__init__(dim)
         streams = num_residual_streams
-        self.num_residual_streams = streams
+        self.num_residual_streams, self.num_input_views = streams, num_input_views
         self.read_norm = nn.RMSNorm(dim, elementwise_affine=False)
         self.read_gain = nn.Parameter(torch.ones(streams, dim))
-        static_read = torch.zeros(1, streams, dim)
+        static_read = torch.zeros(num_input_views, streams, dim)
         static_read[:, layer_index % streams] = 1.0
         self.static_read_logit = nn.Parameter(static_read)
         self.static_write_logit = nn.Parameter(torch.zeros(streams))
         self.to_bottleneck = nn.Linear(dim * streams, read_gate_rank, bias=False)
-        self.to_read_gate = nn.Linear(read_gate_rank, dim * streams, bias=False)
+        self.to_read_gate = nn.Linear(read_gate_rank, dim * streams * num_input_views, bias=False)
         self.to_write_gate = nn.Linear(read_gate_rank, streams, bias=False)
         nn.init.zeros_(self.to_read_gate.weight)
         nn.init.zeros_(self.to_write_gate.weight)
         self.dynamic_gate_scale = nn.Parameter(torch.ones(()) * 1e-2)
 
     def prepare(self, x: Tensor) -> tuple[Tensor, Tensor, dict[str, Any]]:
-        s = self.num_residual_streams
+        s, views = self.num_residual_streams, self.num_input_views
         bs, n, d = x.shape
         residuals = x.reshape(bs // s, s, n, d).transpose(1, 2)  # b n s d
         normed = self.read_norm(residuals) * self.read_gain
         dynamic = F.silu(self.to_bottleneck(normed.flatten(-2) / s)) * self.dynamic_gate_scale
         read_gate = (self.to_read_gate(dynamic) + self.static_read_logit.flatten()).sigmoid()
-        branch_input = (read_gate.unflatten(-1, (s, d)) * normed).sum(dim=-2) / s
+        read_gate = read_gate.unflatten(-1, (views, s, d)).movedim(-3, 0)  # v b n s d
+        branch_input = (read_gate * normed).sum(dim=-2) / s
         beta = (self.to_write_gate(dynamic) + self.static_write_logit).sigmoid() * 2
-        return branch_input, residuals, {"beta": beta}
+        return (branch_input[0] if views == 1 else branch_input), residuals, {"beta": beta}
 
     def forward(self, x: Tensor, residual: Tensor, *, beta: Tensor, **_: Any) -> Tensor:  # type: ignore[override]
         streams = x[..., None, :] * beta[..., None] + residual  # b n s d
@@ -257,9 +271,9 @@ class GatedMultiResidual(Residual):
 
 class AttentionResidual(nn.Module):
     """Attention over the inputs of every layer run so far (the latest one, low-rank adjusted, is the query);
-    the block reads their weighted sum."""
+    the block reads their weighted sum (`num_views` sums for separate query/key/value inputs)."""
 
-    def __init__(self, dim: int, lora_rank: int | None = None) -> None:
+    def __init__(self, dim: int, num_views: int = 1, lora_rank: int | None = None) -> None:
         super().__init__()
         rank = lora_rank if lora_rank is not None else 64
         if rank >= dim:
@@ -267,26 +281,51 @@ class AttentionResidual(nn.Module):
                 f"attn_aggregated_residual_kwargs lora_rank ({rank}) must be less than dim ({dim})"
             )
         self.scale = dim**-0.5
+        self.num_views = num_views
         self.to_keys = nn.RMSNorm(dim)
-        self.to_query = nn.Sequential(nn.RMSNorm(dim), _LowRank(dim, rank))
+        self.to_query = nn.Sequential(nn.RMSNorm(dim), _LowRank(dim, rank, dim * num_views))
         self.norm = nn.RMSNorm(dim)
 
-    def forward(self, hiddens: list[Tensor]) -> Tensor:
+    def forward(self, x: Tensor, hiddens: list[Tensor]) -> Tensor:
         stacked = torch.stack(hiddens)  # l b n d
         latest = stacked[-1]
-        query = self.norm(latest + self.to_query(latest))
+        query_delta = self.to_query(latest).unflatten(-1, (self.num_views, -1)).movedim(-2, 0)  # v b n d
+        query = self.norm(latest[None] + query_delta)
         keys = self.to_keys(stacked)
-        weights = (torch.einsum("bnd,lbnd->lbn", query, keys) * self.scale).softmax(dim=0)
-        return torch.einsum("lbn,lbnd->bnd", weights, stacked)
+        weights = (torch.einsum("vbnd,lbnd->vlbn", query, keys) * self.scale).softmax(dim=1)
+        out = torch.einsum("vlbn,lbnd->vbnd", weights, stacked)
+        return out[0] if self.num_views == 1 else out
+
+
+class DynamicLIMe(nn.Module):
+    """Layer-integrated memory: the block reads a learned, input-dependent mix of the inputs of every layer
+    so far (`num_views` mixes for separate query/key/value inputs)."""
+
+    def __init__(self, dim: int, num_layers: int, num_views: int = 1, use_softmax: bool = True) -> None:
+        super().__init__()
+        self.num_layers, self.num_views = num_layers, num_views
+        self.to_weights = nn.Sequential(
+            RMSNorm(dim),
+            nn.Linear(dim, num_views * num_layers),
+            nn.Unflatten(-1, (num_views, num_layers)),
+            nn.Softmax(dim=-1) if use_softmax else nn.ReLU(),
+        )
+
+    def forward(self, x: Tensor, hiddens: list[Tensor]) -> Tensor:
+        if len(hiddens) != self.num_layers:
+            raise ValueError(f"integrate_layers: expected {self.num_layers} layer inputs, got {len(hiddens)}")
+        weights = self.to_weights(x).movedim(-2, 0)  # v b n l
+        out = torch.einsum("lbnd,vbnl->vbnd", torch.stack(hiddens), weights)
+        return out[0] if self.num_views == 1 else out
 
 
 class _LowRank(nn.Module):
     """`up(down(x))`, `up` zero at init."""
 
-    def __init__(self, dim: int, rank: int) -> None:
+    def __init__(self, dim: int, rank: int, dim_out: int) -> None:
         super().__init__()
         self.down = nn.Linear(dim, rank, bias=False)
-        self.up = nn.Linear(rank, dim, bias=False)
+        self.up = nn.Linear(rank, dim_out, bias=False)
         nn.init.zeros_(self.up.weight)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -304,42 +343,51 @@ def _sinkhorn(t: Tensor, iters: int) -> Tensor:
 
 class HyperConnection(Residual):
     """Hyper-connections over `num_residual_streams` residual streams (dynamic form): the streams, stacked
-    into the batch as `(b s)`, are mixed into one branch input and updated with a learned per-stream gain.
+    into the batch as `(b s)`, are mixed into the branch input (`num_input_views` of them for separate
+    query/key/value inputs) and updated with a learned per-stream gain.
 
     The residual-mixing weights go through x-transformers 2.31.10's Sinkhorn step on a `[s, 1, s]` view,
     which makes every weight 1; this follows it.
     """
 
     def __init__(
-        self, dim: int, *, layer_index: int, num_residual_streams: int, sinkhorn_iters: int = 5
+        self,
+        dim: int,
+        *,
+        layer_index: int,
+        num_residual_streams: int,
+        num_input_views: int = 1,
+        sinkhorn_iters: int = 5,
     ) -> None:
         super().__init__(dim)
         streams = num_residual_streams
-        self.num_residual_streams = streams
+        self.num_residual_streams, self.num_input_views = streams, num_input_views
         self.sinkhorn_iters = sinkhorn_iters
         self.norm = nn.LayerNorm(dim, bias=False)
         self.static_beta = nn.Parameter(torch.ones(streams))
-        init_alpha0 = torch.zeros(streams, 1)
+        init_alpha0 = torch.zeros(streams, num_input_views)
         init_alpha0[layer_index % streams, :] = 1.0
         self.static_alpha = nn.Parameter(torch.cat((init_alpha0, torch.eye(streams)), dim=1))
-        self.dynamic_alpha_fn = nn.Parameter(torch.zeros(dim, streams + 1))
+        self.dynamic_alpha_fn = nn.Parameter(torch.zeros(dim, streams + num_input_views))
         self.dynamic_alpha_scale = nn.Parameter(torch.ones(()) * 1e-2)
         self.dynamic_beta_fn = nn.Parameter(torch.zeros(dim))
         self.dynamic_beta_scale = nn.Parameter(torch.ones(()) * 1e-2)
 
     def prepare(self, x: Tensor) -> tuple[Tensor, Tensor, dict[str, Any]]:
-        s = self.num_residual_streams
+        s, views = self.num_residual_streams, self.num_input_views
         bs, n, d = x.shape
         residuals = x.reshape(bs // s, s, n, d).transpose(1, 2)  # b n s d
         normed = self.norm(residuals)
         alpha = normed @ self.dynamic_alpha_fn * self.dynamic_alpha_scale + self.static_alpha
-        alpha_input, alpha_residual = alpha[..., :1].sigmoid(), alpha[..., 1:]
+        alpha_input, alpha_residual = alpha[..., :views].sigmoid(), alpha[..., views:]
         alpha_residual = _sinkhorn(alpha_residual.unflatten(-1, (-1, s)), self.sinkhorn_iters).flatten(-2)
         alpha = torch.cat((alpha_input, alpha_residual), dim=-1)
         dynamic_beta = (normed @ self.dynamic_beta_fn).sigmoid() * 2 * self.dynamic_beta_scale
         beta = (dynamic_beta + self.static_beta).sigmoid() * 2
         mixed = torch.einsum("...st,...sd->...td", alpha, residuals)
-        return mixed[..., 0, :], mixed[..., 1:, :], {"beta": beta}
+        if views == 1:
+            return mixed[..., 0, :], mixed[..., 1:, :], {"beta": beta}
+        return mixed[..., :views, :].movedim(-2, 0), mixed[..., views:, :], {"beta": beta}
 
     def forward(self, x: Tensor, residual: Tensor, *, beta: Tensor, **_: Any) -> Tensor:  # type: ignore[override]
         streams = x[..., None, :] * beta[..., None] + residual  # b n s d
@@ -463,8 +511,27 @@ class AttentionLayers(SpecRecorder, nn.Module):
         dim_head = attn_kwargs.get("dim_head", 64)
         self.attn_heads, self.attn_dim_head = o.heads, dim_head
         self.disable_abs_pos_emb = (
-            o.disable_abs_pos_emb if o.disable_abs_pos_emb is not None else (o.rel_pos_bias or rotary)
+            o.disable_abs_pos_emb
+            if o.disable_abs_pos_emb is not None
+            else (o.rel_pos_bias or rotary or o.polar_pos_emb)
         )
+        if rotary and o.polar_pos_emb:
+            raise SpecError(f"{owner}: choose at most one of rotary_pos_emb and polar_pos_emb")
+        # separate query/key/value inputs for self-attention: made by hyper-connection or gated streams, by
+        # aggregated residuals, or by layer integration (which always uses them)
+        qkv_views = o.qkv_receive_diff_residuals or o.integrate_layers
+        self.produce_views = qkv_views and not o.integrate_layers
+        if o.integrate_layers and o.attn_aggregated_residuals:
+            raise UnsupportedOptionError(
+                f"{owner}: option 'integrate_layers' cannot be combined with attn_aggregated_residuals in xtf"
+            )
+        if self.produce_views:
+            producers = (o.num_residual_streams > 1 or o.gated_multi_residual, o.attn_aggregated_residuals)
+            if sum(producers) != 1:
+                raise SpecError(
+                    f"{owner}: qkv_receive_diff_residuals needs one source of views: residual streams "
+                    "(num_residual_streams > 1 or gated_multi_residual) or attn_aggregated_residuals"
+                )
         if sum(map(bool, (o.alibi_pos_bias, o.rel_pos_bias, o.dynamic_pos_bias))) > 1:
             raise SpecError(
                 f"{owner}: choose at most one of alibi_pos_bias, rel_pos_bias and dynamic_pos_bias"
@@ -529,6 +596,9 @@ class AttentionLayers(SpecRecorder, nn.Module):
             )
             if rotary
             else None
+        )
+        self.polar_pos_emb = (
+            PolarEmbedding(dim_head, o.heads, o.polar_bias_uniform_init) if o.polar_pos_emb else None
         )
         self.rel_pos: nn.Module | None = None
         if o.rel_pos_kwargs and not o.alibi_pos_bias:
@@ -663,9 +733,14 @@ class AttentionLayers(SpecRecorder, nn.Module):
             branch_init: dict[str, Any] = {"output_proj_depth": block_ind + 1} if depth_scaled_init else {}
             if o.zero_init_branch_output:
                 branch_init = {**branch_init, "zero_init_output": True}
+            diff_view = layer_type == "a" and qkv_views and not (first_self_attn and o.integrate_layers)
+            views = 3 if diff_view else 1
+            stream_views = 3 if (layer_type == "a" and self.produce_views) else 1
             if layer_type == "a":
                 value_mix = o.add_value_residual and o.learned_value_residual_mix and not first_self_attn
                 extra: dict[str, Any] = {"learned_value_residual_mix": True} if value_mix else {}
+                if diff_view:
+                    extra["qkv_receive_diff_residuals"] = True
                 if o.rotate_num_heads is not None:
                     extra["rotate_num_heads"] = o.rotate_num_heads
                 block: nn.Module = Attention(
@@ -706,12 +781,14 @@ class AttentionLayers(SpecRecorder, nn.Module):
                     layer_index=index,
                     num_residual_streams=self.num_residual_streams,
                     read_gate_rank=o.residual_fn_kwargs.get("read_gate_rank"),
+                    num_input_views=stream_views,
                 )
             elif self.num_residual_streams > 1:
                 residual = HyperConnection(
                     o.dim,
                     layer_index=index,
                     num_residual_streams=self.num_residual_streams,
+                    num_input_views=stream_views,
                     sinkhorn_iters=o.hyper_conn_sinkhorn_iters,
                 )
             elif o.gate_residual:
@@ -722,11 +799,12 @@ class AttentionLayers(SpecRecorder, nn.Module):
                 residual = MVSplitResidual(o.dim, **o.residual_fn_kwargs)
             else:
                 residual = Residual(o.dim, o.scale_residual, o.scale_residual_constant)
-            layer_integrators.append(
-                AttentionResidual(o.dim, lora_rank=aggregated_kwargs.get("lora_rank"))
-                if o.attn_aggregated_residuals
-                else None
-            )
+            integrator: nn.Module | None = None
+            if o.integrate_layers:
+                integrator = DynamicLIMe(o.dim, index + 1, views, use_softmax=o.layer_integrate_use_softmax)
+            elif o.attn_aggregated_residuals:
+                integrator = AttentionResidual(o.dim, views, lora_rank=aggregated_kwargs.get("lora_rank"))
+            layer_integrators.append(integrator)
             if o.unet_skips and block_begin and block_ind >= self.depth / 2:
                 if not skip_indices:
                     raise SpecError(
@@ -746,7 +824,9 @@ class AttentionLayers(SpecRecorder, nn.Module):
             )
             self.layers.append(nn.ModuleList([norms, block, residual]))
         self.skip_combines = nn.ModuleList(skip_combines) if o.unet_skips else None
-        self.layer_integrators = nn.ModuleList(layer_integrators) if o.attn_aggregated_residuals else None
+        self.layer_integrators = (
+            nn.ModuleList(layer_integrators) if (o.attn_aggregated_residuals or o.integrate_layers) else None
+        )
         has_final_norm = (
             (pre_norm and o.pre_norm_has_final_norm and not o.pre_and_post_norm) or o.gated_multi_residual
         ) and not o.xtf_no_final_norm
@@ -759,7 +839,7 @@ class AttentionLayers(SpecRecorder, nn.Module):
         self.plain_residual = all(type(layer[2]) is Residual for layer in self.layers) and not (
             o.scale_residual or o.scale_residual_constant != 1
         )
-        self.can_cache_kv = True
+        self.can_cache_kv = all(m.can_cache_kv for m in self.modules() if isinstance(m, Attention))
 
     def forward(
         self,
@@ -841,6 +921,10 @@ class AttentionLayers(SpecRecorder, nn.Module):
             if rotary_pos is None:
                 rotary_pos = torch.arange(x.shape[1] + mem_len + seq_pos_offset, device=x.device) - mem_len
             rotary = self.rotary_pos_emb(rotary_pos)
+        polar_kwargs: dict[str, Any] = {}
+        if self.polar_pos_emb is not None:
+            polar_pos = pos if pos is not None else torch.arange(x.shape[1] + seq_pos_offset, device=x.device)
+            polar_kwargs["polar_pos_emb"] = self.polar_pos_emb(polar_pos)
 
         caches: list[AttentionIntermediates] = []
         prev_cache_length = 0
@@ -919,7 +1003,7 @@ class AttentionLayers(SpecRecorder, nn.Module):
             if self.layer_integrators is not None:
                 integrator = self.layer_integrators[index]
                 if integrator is not None:
-                    x = integrator(layer_hiddens)
+                    x = integrator(x, layer_hiddens)
             if inject is not None:
                 x = x + inject
             if pre_branch_norm is not None:
@@ -940,6 +1024,7 @@ class AttentionLayers(SpecRecorder, nn.Module):
                     rel_pos=self.rel_pos,
                     pos=pos,
                     rotary_pos_emb=rotary,
+                    **polar_kwargs,
                     prev_attn=prev_attn,
                     mem=layer_mem,
                     mem_mask=layer_mem_mask,

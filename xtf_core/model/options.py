@@ -116,14 +116,8 @@ FF_OPTIONS = frozenset(
 # x-transformers options we do not implement, with the value at which they change nothing (their 2.31
 # defaults). Passed at that value they are accepted and ignored; at any other value they are rejected.
 
-# AttentionLayers options.
-NEUTRAL_LAYER_OPTIONS: dict[str, Any] = {
-    "polar_pos_emb": False,
-    "polar_bias_uniform_init": False,
-    "integrate_layers": False,
-    "layer_integrate_use_softmax": True,
-    "qkv_receive_diff_residuals": False,
-}
+# AttentionLayers options (every 2.31.10 one is implemented now; kept for the table's shape).
+NEUTRAL_LAYER_OPTIONS: dict[str, Any] = {}
 
 # Attention options, valid with the `attn_` and the `cross_attn_` prefix.
 NEUTRAL_ATTN_OPTIONS: dict[str, Any] = {

@@ -270,3 +270,26 @@ class DynamicPositionBias(nn.Module):
         for layer in self.mlp:
             dist = layer(dist)
         return dist[index].permute(2, 0, 1)
+
+
+class PolarEmbedding(nn.Module):
+    """PoPE frequencies over the whole head dimension, with a learned per-head key phase bias in [-2 pi, 0].
+
+    `inv_freq` is a persistent buffer and `learned_bias` `[heads, 1, dim]` a parameter, as in x-transformers.
+    """
+
+    def __init__(self, dim: int, heads: int, bias_uniform_init: bool = False, base: float = 10000.0) -> None:
+        super().__init__()
+        self.register_buffer("inv_freq", 1.0 / (base ** (torch.arange(0, dim).float() / dim)))
+        self.learned_bias = nn.Parameter(torch.zeros(heads, 1, dim))
+        if bias_uniform_init:
+            with torch.no_grad():
+                self.learned_bias.uniform_(-2.0 * math.pi, 0.0)
+
+    def forward(self, pos: Tensor) -> tuple[Tensor, Tensor]:
+        """(frequencies `[b or 1, n, dim]`, key bias `[heads, 1, dim]`) for positions `[n]` or `[b, n]`."""
+        if pos.ndim == 1:
+            pos = pos[None]
+        with torch.autocast(device_type=pos.device.type, enabled=False):
+            freqs = pos.to(self.inv_freq.dtype)[..., None] * self.inv_freq
+            return freqs, self.learned_bias.clamp(-2.0 * math.pi, 0.0)
