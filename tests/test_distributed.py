@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -322,6 +323,13 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
         )
         wrong = _fsdp(xtf_core.build({**SPEC, "attn_layers": {**SPEC["attn_layers"], "heads": 4}}), world)
         results["spec"] = _error_of(lambda: xd.load(root_path / "current.safetensors", wrong))
+        lockfile = root_path / "xtf.lock"
+        results["locked"] = _error_of(
+            lambda: xd.load(root_path / "locked.safetensors", _sharded_like(good, world), lock=lockfile)
+        )
+        results["tampered"] = _error_of(
+            lambda: xd.load(root_path / "tampered.safetensors", _sharded_like(good, world), lock=lockfile)
+        )
         only_rank0 = root_path / ("absent.safetensors" if rank == 0 else "current.safetensors")
         results["one_rank"] = _error_of(lambda: xd.load(only_rank0, _sharded_like(good, world)))
         results["exists"] = _error_of(lambda: xd.save(model, root_path / "saved"))
@@ -345,6 +353,14 @@ def checkpoints(tmp_path_factory) -> Path:
     _convert_legacy("dec_rotary", root / "old_rotary.safetensors", release=OLD_RELEASE)
     _shard(root / "scalenorm.safetensors", root / "scalenorm_sharded", 3)
     _restamp(root / "current.safetensors", root / "newer.safetensors", "99.0.0")
+    from xtf_core.locking import lock_checkpoints
+
+    for name in ("locked.safetensors", "tampered.safetensors"):
+        shutil.copy(root / "current.safetensors", root / name)
+    lock_checkpoints(root / "xtf.lock", [root / "locked.safetensors", root / "tampered.safetensors"])
+    data = bytearray((root / "tampered.safetensors").read_bytes())
+    data[-1] ^= 0xFF  # a weight changed after locking
+    (root / "tampered.safetensors").write_bytes(bytes(data))
     missing = _shard(root / "current.safetensors", root / "missing_shard", 2)
     (missing / "model-00002-of-00002.safetensors").unlink()
     return root
@@ -404,6 +420,9 @@ def test_sharded_load_save_and_errors(world, checkpoints, tmp_path):
         if rank:
             assert result["one_rank"].startswith("CheckpointFormatError: rank 0:")
         assert result["exists"].startswith("MigrationError") and "already exists" in result["exists"]
+        # the lockfile is enforced on every rank: rank 0 hashes, everyone refuses a changed file
+        assert result["locked"] is None, result["locked"]
+        assert result["tampered"].startswith("LockError") and "tampered.safetensors" in result["tampered"]
     # the sharded save round-trips exactly through a single-process load
     saved = xtf_core.load(root / "saved")
     reference = xtf_core.load(root / CASES[-1])  # the model saved is the last one loaded

@@ -147,21 +147,29 @@ def _local(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
 
-def load(path: str | os.PathLike[str], model: nn.Module, *, process_group: Any = None) -> dict[str, Any]:
+def load(
+    path: str | os.PathLike[str], model: nn.Module, *, process_group: Any = None, lock: Any = None
+) -> dict[str, Any]:
     """Fill `model` (plain or DTensor/FSDP2-sharded parameters) from a stamped checkpoint, on every rank.
 
     Call on every rank of the process group (or in a single process). Each rank reads only the slices it
     owns. An older stamp is migrated in the load plan: renames, reshapes, splits, merges and elementwise
-    value transforms are applied to the slices read; any other transform is refused (run `xtf migrate`
-    first). Returns `{"stamp", "applied", "path"}`.
+    value transforms are applied to the slices read; any other step computes the tensors it touches whole,
+    one at a time, and keeps each rank's slice. The lockfile is enforced as `xtf_core.load` enforces it
+    (`lock=`, `XTF_LOCK`, or `xtf.lock` found from the current folder): rank 0 hashes the locked files
+    once and every rank refuses a mismatch. Returns `{"stamp", "applied", "path"}`.
     """
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import DefaultLoadPlanner
 
     from .storage import StampedReader
 
+    rank = dist.get_rank(process_group) if _distributed(process_group) else 0
+
     def prepare() -> tuple[LoadPlan, dict[str, torch.Tensor]]:
         plan = plan_load(path)
+        if rank == 0:
+            _check_lock(plan, lock)
         state = _check_model(plan, model)
         from .slices import SliceReader
 
@@ -173,7 +181,6 @@ def load(path: str | os.PathLike[str], model: nn.Module, *, process_group: Any =
         return plan, state
 
     plan, state = agree(prepare, process_group)
-    rank = dist.get_rank(process_group) if _distributed(process_group) else 0
     try:
         with _quiet_single_process(process_group):
             dcp.load(
@@ -189,6 +196,18 @@ def load(path: str | os.PathLike[str], model: nn.Module, *, process_group: Any =
     # dcp.load copied every slice into the state dict's tensors, which share storage with the parameters
     # (the DTensors' local shards for FSDP2), so the model already holds the checkpoint: no second copy.
     return {"stamp": str(plan.stamp), "applied": plan.applied, "path": str(plan.headers.path)}
+
+
+def _check_lock(plan: LoadPlan, lock: Any) -> None:
+    """Refuse a locked checkpoint whose files changed (hashes every locked file: one read, on one rank)."""
+    from xtf_core.checkpoint.source import OpenedCheckpoint
+    from xtf_core.lock import lock_check
+
+    with OpenedCheckpoint(plan.headers) as opened:
+        check = lock_check(opened, lock)
+        if check is not None:
+            check.hashers = {}  # nothing is fed while reading: verify hashes each file from disk
+            check.verify()
 
 
 def _dedupe_tied(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
