@@ -19,7 +19,7 @@ import torch
 import torch.multiprocessing as mp
 
 import xtf_core
-from xtf_core.chain import ops
+from xtf_core.chain import migrate_file, ops
 from xtf_core.chain.tensors import Realiser, StoredBytes, Workspace
 from xtf_core.checkpoint.header import INDEX_FILENAME, read_checkpoint_headers
 from xtf_core.distributed.slices import SliceReader, plan_load
@@ -42,6 +42,7 @@ CASES = (
     "scalenorm_sharded",
     "rotary.safetensors",
     "rotary_sharded",
+    "rotary_migrated",
     "old_rotary.safetensors",
 )
 OLD_RELEASE = "0.15.0"  # a 0.x-era rotary decoder (rotary halves, values rotated, no final-norm layout)
@@ -350,6 +351,7 @@ def checkpoints(tmp_path_factory) -> Path:
     _convert_legacy("dec_scalenorm", root / "scalenorm.safetensors")
     _convert_legacy("dec_rotary", root / "rotary.safetensors")
     _shard(root / "rotary.safetensors", root / "rotary_sharded", 3)
+    migrate_file(root / "rotary_sharded", root / "rotary_migrated")  # through the 1.30.1 permutation
     _convert_legacy("dec_rotary", root / "old_rotary.safetensors", release=OLD_RELEASE)
     _shard(root / "scalenorm.safetensors", root / "scalenorm_sharded", 3)
     _restamp(root / "current.safetensors", root / "newer.safetensors", "99.0.0")
