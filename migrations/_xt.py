@@ -121,7 +121,10 @@ class Stack:
 
     @property
     def rotary_dim(self) -> int:
-        """The rotary dimension as x-transformers before 1.42.18 computed it (floored at 32)."""
+        """The rotary dimension as x-transformers before 1.42.18 computed it (floored at 32), unless the spec
+        says the file rotates fewer features (`xtf_rotary_dim_unfloored`: narrow heads from before 0.11.4)."""
+        if self.get("xtf_rotary_dim_unfloored"):
+            return self.get("rotary_emb_dim")
         return max(self.get("rotary_emb_dim") or self.dim_head // 2, 32)
 
     def norm_modules(self) -> list[tuple[str, str]]:

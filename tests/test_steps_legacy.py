@@ -29,6 +29,7 @@ import xtf_migrations.xt_0_24_0_token_emb as token_emb
 import xtf_migrations.xt_0_24_1_pos_emb_scale as pos_emb_fixed
 import xtf_migrations.xt_0_26_0_attn_out_bias as attn_out_bias
 import xtf_migrations.xt_1_20_0_rotary_values as rotary_values_off
+import xtf_migrations.xt_1_42_18_rotary_dim as rotary_dim_floor
 from xtf_core.chain import Chain, Step, migrate_in_memory
 from xtf_core.chain.testing import round_trip
 from xtf_core.errors import MigrationError
@@ -93,8 +94,14 @@ def test_rotary_dim_is_pinned_to_the_whole_head():
     spec = _spec(rotary_pos_emb=True, attn_dim_head=64)
     new, new_spec, back, back_spec = round_trip(Step.from_module(rotary_dim), {}, spec)
     assert new_spec["attn_layers"]["rotary_emb_dim"] == 64 and back_spec == spec
-    with pytest.raises(MigrationError, match="at least 32"):
-        round_trip(Step.from_module(rotary_dim), {}, _spec(rotary_pos_emb=True, attn_dim_head=16))
+    # a head narrower than 32 rotates whole: below the floor of 0.11.4-1.42.17, so the spec says so
+    narrow = _spec(rotary_pos_emb=True, attn_dim_head=16)
+    _, pinned, _, back = round_trip(Step.from_module(rotary_dim), {}, narrow)
+    assert pinned["attn_layers"]["rotary_emb_dim"] == 16 and pinned["attn_layers"]["xtf_rotary_dim_unfloored"]
+    assert back == narrow
+    _, at_1_42_18, _, _ = round_trip(Step.from_module(rotary_dim_floor), {}, pinned)
+    assert at_1_42_18["attn_layers"]["rotary_emb_dim"] == 16
+    assert "xtf_rotary_dim_unfloored" not in at_1_42_18["attn_layers"]
 
 
 def test_values_rotated_from_0_15_0_and_no_longer_from_1_20_0():
