@@ -3,15 +3,14 @@
 The fast tests need no network and no x-transformers release. The release test re-runs releases
 through their own code and checks that they reproduce the stored files: the same tensor names, shapes
 and dtypes exactly, values within a float32 tolerance (another CPU or thread count may round the last
-bits differently); it runs only with ``XTF_RELEASE_TESTS=1`` (it installs the releases into
-``.xt-releases/`` on first use).
+bits differently); like every test marked ``releases`` it installs the releases into ``.xt-releases/``
+on first use, and ``XTF_RELEASE_TESTS=0`` or ``-m "not releases"`` leaves it out (see conftest.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -123,9 +122,7 @@ def test_fixture(fx):
         assert not bool((flat == flat[0]).all()), f"{key} is constant {float(flat[0])}"
 
 
-@pytest.mark.skipif(
-    os.environ.get("XTF_RELEASE_TESTS") != "1", reason="set XTF_RELEASE_TESTS=1 (installs releases)"
-)
+@pytest.mark.releases
 @pytest.mark.parametrize("release", ["0.28.4", "1.31.3", "2.31.10"])
 def test_release_reproduces_its_fixtures(release, tmp_path):
     sys.path.insert(0, str(LEGACY))
