@@ -15,9 +15,12 @@ from typing import Any
 import pytest
 import torch
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from parity_configs import (
     assert_close,
     paired,
+    paired_or_reject,
     seeded_mask,
     seeded_randn,
     xt_module,
@@ -140,7 +143,7 @@ def _cached_steps(model: Any, tokens: torch.Tensor, prompt_len: int) -> torch.Te
 
 @pytest.mark.parametrize("name", sorted(OPTIONS))
 def test_decoder_option_parity_with_mask_and_kv_cache(name):
-    ref, ours = paired(_tw(_layers("Decoder", **_prefixed("attn_", OPTIONS[name]))))
+    ref, ours = paired(_tw(_layers("Decoder", depth=1, **_prefixed("attn_", OPTIONS[name]))))
     tokens = _tokens(2, 7, seed=1)
     mask = seeded_mask(2, 7, seed=2)
     with torch.no_grad():
@@ -374,6 +377,82 @@ def test_options_with_residual_attention_and_relative_bias():
         assert_close(
             ref(tokens, mask=seeded_mask(2, 6, seed=2)), ours(tokens, mask=seeded_mask(2, 6, seed=2))
         )
+
+
+# ---------------------------------------------------------------------------------------------- combinations
+
+
+@st.composite
+def attention_options(draw: st.DrawFn) -> dict[str, Any]:
+    """A random combination of attention options that x-transformers 2.31.10 can build together."""
+    options: dict[str, Any] = {}
+    kind = draw(st.sampled_from(("softmax", "sigmoid", "hard", "l2_distance", "sparse_topk", "cog")))
+    if kind == "sparse_topk":
+        options["sparse_topk"] = draw(st.integers(1, 4))
+        options["sparse_topk_straight_through"] = draw(st.booleans())
+    elif kind == "cog":
+        options["cog_signed"] = True
+    elif kind != "softmax":
+        options[kind] = True
+    kv_heads = draw(st.sampled_from((1, 2)))
+    if kv_heads == 1:
+        options["kv_heads"] = 1
+    flags = (
+        "pre_talking_heads",
+        "post_talking_heads",
+        "pre_scale_post_talking_heads",
+        "head_scale",
+        "gate_value_heads",
+        "add_zero_kv",
+        "head_learned_sink",
+        "qk_norm",
+        "on_attn",
+        "laser",
+    )
+    for flag in draw(st.lists(st.sampled_from(flags), max_size=4, unique=True)):
+        options[flag] = True
+    if draw(st.booleans()):
+        options["num_mem_kv"] = draw(st.integers(1, 3))
+    if draw(st.booleans()):
+        options["max_attend_past"] = draw(st.integers(0, 3))
+    if draw(st.booleans()):
+        options["softclamp_logits"], options["logit_softclamp_value"] = (
+            True,
+            draw(st.sampled_from((0.5, 5.0))),
+        )
+    norm = draw(st.sampled_from(("none", "qk_rmsnorm", "k_rmsnorm", "value_rmsnorm")))
+    if norm != "none" and not (norm == "value_rmsnorm" and kv_heads == 1):
+        options[norm] = True
+    if draw(st.booleans()):
+        options["gate_values"] = True
+        options["gate_values_headwise"] = draw(st.booleans())
+        options["swiglu_values"] = draw(st.booleans())
+    if draw(st.booleans()):
+        options["output_gate"] = True
+        options["output_gate_headwise"] = draw(st.booleans())
+    if draw(st.integers(0, 3)) == 0:
+        options["use_latent_kv"], options["dim_latent_kv"] = True, 8
+    return options
+
+
+@settings(max_examples=12, deadline=None, derandomize=True, database=None)
+@given(options=attention_options(), position=st.sampled_from(("none", "rotary", "alibi", "rel_pos")))
+def test_random_option_combinations_match_with_mask_and_cache(options, position):
+    layers = _layers("Decoder", **_prefixed("attn_", options))
+    if position == "rotary":
+        layers["rotary_pos_emb"] = True
+    elif position != "none":
+        layers[f"{position}_pos_bias" if position == "alibi" else "rel_pos_bias"] = True
+    ref, ours = paired_or_reject(_tw(layers))
+    tokens = _tokens(2, 6, seed=1)
+    mask = seeded_mask(2, 6, seed=2)
+    with torch.no_grad():
+        full = ours(tokens)
+        assert_close(ref(tokens), full, "logits")
+        assert_close(ref(tokens, mask=mask), ours(tokens, mask=mask), "masked logits")
+        ours_cached = _cached_steps(ours, tokens, prompt_len=3)
+        assert_close(_cached_steps(ref, tokens, prompt_len=3), ours_cached, "cached logits")
+        assert_close(full[:, 2:], ours_cached, "cached vs full logits")
 
 
 # ---------------------------------------------------------------------------------------------- training mode
