@@ -38,7 +38,7 @@ def _one_line(text: str) -> str:
 
 def _os_error_text(exc: OSError) -> str:
     reason = exc.strerror or str(exc)
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # every xtf output is written to a temporary first
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):  # outputs go to a temporary first
         reason += "; nothing was written there (free some space and retry)"
     return f"{exc.filename}: {reason}" if exc.filename is not None else reason
 
