@@ -335,3 +335,19 @@ def test_a_real_full_file_system(small_tmpfs, work):
     filler.unlink()
     done = xtf("migrate", source, "-o", small_tmpfs / "out.safetensors", cwd=work)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_backup_stays_only_once_the_source_was_replaced(tmp_path):
+    """In process: a failure before the rename drops the backup; one after it keeps the only old copy."""
+    from xtf_core.checkpoint.atomic import atomic_file, backup_for_rewrite
+
+    source = tmp_path / "m.safetensors"
+    source.write_bytes(b"old")
+    with pytest.raises(OSError), backup_for_rewrite(source):
+        raise OSError(errno.ENOSPC, NO_SPACE)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+    with pytest.raises(RuntimeError), backup_for_rewrite(source):
+        with atomic_file(source) as fd:
+            os.write(fd, b"new")
+        raise RuntimeError("after the replacement")
+    assert (tmp_path / "m.safetensors.bak").read_bytes() == b"old" and source.read_bytes() == b"new"
