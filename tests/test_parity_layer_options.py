@@ -359,6 +359,24 @@ def test_layer_and_block_hiddens_parity(options: dict[str, Any]) -> None:
     assert_close(list(ref_inter.hiddens), list(our_inter.hiddens), "attention-layer hiddens")
 
 
+def test_deep_embeds_and_ids_parity() -> None:
+    """Per-token feed-forward gains (what TransformerWrapper's ff_deep_embed feeds the stack), full and cached."""
+    spec = {"class": "Decoder", **BASE, "depth": 3, "macaron": True, "shift_tokens": 1}
+    ref, ours = paired(spec)
+    table = 1 + 0.3 * seeded_randn(NUM_TOKENS, 6, 16, seed=30)  # one row per token, one gain per ff layer
+    toks = tokens(2, 6, 31)
+    x = seeded_randn(2, 6, 16, seed=32)
+    with torch.no_grad():
+        kw = {"deep_embeds_and_ids": (table, toks)}
+        assert_close(ref(x, **kw), ours(x, **kw))
+        assert not torch.allclose(ours(x), ours(x, **kw))
+        ref_out, ref_cache = ref(x[:, :4], return_hiddens=True, deep_embeds_and_ids=(table, toks[:, :4]))
+        our_out, our_cache = ours(x[:, :4], return_hiddens=True, deep_embeds_and_ids=(table, toks[:, :4]))
+        assert_close(ref_out, our_out)
+        kw = {"deep_embeds_and_ids": (table, toks[:, :5]), "return_hiddens": True}
+        assert_close(ref(x[:, :5], cache=ref_cache, **kw)[0], ours(x[:, :5], cache=our_cache, **kw)[0])
+
+
 def test_new_options_keep_eval_function_of_training_options() -> None:
     """Training-only options build the plain model: same weights give the same eval outputs."""
     plain = xtf_core.build(tw("Decoder"))
@@ -440,7 +458,7 @@ def test_zero_init_options_zero_the_right_weights() -> None:
 def test_refused_forward_keywords_name_themselves() -> None:
     model = xtf_core.build({"class": "Encoder", **BASE})
     x = seeded_randn(1, 3, 16, seed=0)
-    for key, value in (("context_pos", torch.arange(3)), ("deep_embeds_and_ids", (1, 2)), ("attn_bias", x)):
+    for key, value in (("context_pos", torch.arange(3)), ("self_attn_kv_residuals", x), ("attn_bias", x)):
         with pytest.raises(UnsupportedOptionError, match=key):
             model(x, **{key: value})
     assert_close(model(x), model(x, route_additional_kv_to_top=True, causal=None))

@@ -154,5 +154,7 @@ class FeedForward(nn.Module):
         elif output_proj_depth is not None:
             nn.init.normal_(proj_out.weight, std=(2 * proj_out.in_features * output_proj_depth) ** -0.5)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.ff(x)
+    def forward(self, x: Tensor, deep_embed: Tensor | None = None) -> Tensor:
+        """`deep_embed` (per-token gains of this layer, from the wrapper's `ff_deep_embed`) scales the output."""
+        out = self.ff(x)
+        return out * deep_embed if deep_embed is not None else out

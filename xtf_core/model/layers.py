@@ -458,7 +458,6 @@ REFUSED_FORWARD_KWARGS: dict[str, Any] = {
     "polar_pos_emb": None,
     "context_pos": None,
     "attn_bias": None,
-    "deep_embeds_and_ids": None,
     "self_attn_additional_kv": None,
     "additional_kv_mask": None,
     "detach_additional_kv": False,
@@ -864,6 +863,7 @@ class AttentionLayers(SpecRecorder, nn.Module):
         layers_execute_order: tuple[int, ...] | None = None,
         repeat_blocks: Any = None,
         transform_block_inputs: dict[int, Callable[[Tensor], Tensor]] | Callable[..., Tensor] | None = None,
+        deep_embeds_and_ids: tuple[Tensor, Tensor] | None = None,
         **other: Any,
     ) -> Tensor | tuple[Tensor, LayerIntermediates]:
         if other:
@@ -936,9 +936,17 @@ class AttentionLayers(SpecRecorder, nn.Module):
                 context = context[:, :0]
             if cache_age > 0:
                 x = x[:, -cache_age:]
+                if deep_embeds_and_ids is not None:
+                    deep_embeds_and_ids = (deep_embeds_and_ids[0], deep_embeds_and_ids[1][:, -cache_age:])
             caches = list(cache.attn_intermediates)
         cache_iter = iter(caches)
         next_cache_length = x.shape[1]
+
+        # per-token feed-forward gains, one [b, n, d] slice per feed-forward layer run
+        deep_embeds = None
+        if deep_embeds_and_ids is not None:
+            table, token_ids = deep_embeds_and_ids
+            deep_embeds = iter(table[token_ids].movedim(-2, 0))
 
         streams = self.num_residual_streams
         if self.stream_emb is not None:
@@ -1046,7 +1054,8 @@ class AttentionLayers(SpecRecorder, nn.Module):
                     **value_kwargs,
                 )
             else:
-                out, inter = block(x, **block_kwargs), None
+                deep = {"deep_embed": next(deep_embeds, None)} if deep_embeds is not None else {}
+                out, inter = block(x, **block_kwargs, **deep), None
             if add_value_residual and inter is not None and layer_type not in first_values:
                 first_values[layer_type] = inter.values
             if post_branch_norm is not None:
