@@ -123,7 +123,7 @@ def test_fixture(fx):
 
 
 @pytest.mark.releases
-@pytest.mark.parametrize("release", ["0.28.4", "1.31.3", "2.31.10"])
+@pytest.mark.parametrize("release", ["0.0.9", "0.28.4", "1.31.3", "2.31.10"])
 def test_release_reproduces_its_fixtures(release, tmp_path):
     sys.path.insert(0, str(LEGACY))
     try:
