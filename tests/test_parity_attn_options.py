@@ -23,6 +23,7 @@ from parity_configs import (
     paired_or_reject,
     seeded_mask,
     seeded_randn,
+    x_transformers,
     xt_module,
 )
 
@@ -246,6 +247,39 @@ def test_attn_options_apply_to_cross_attention_too():
         assert_close(ref(x, context=context), ours(x, context=context), "output")
 
 
+def test_xtransformer_routes_encoder_decoder_and_cross_attention_options():
+    spec = {
+        "class": "XTransformer",
+        "dim": DIM,
+        "enc_num_tokens": 20,
+        "enc_max_seq_len": 8,
+        "dec_num_tokens": 20,
+        "dec_max_seq_len": 8,
+        "enc_depth": 1,
+        "enc_heads": HEADS,
+        "enc_attn_dim_head": DIM_HEAD,
+        "dec_depth": 1,
+        "dec_heads": HEADS,
+        "dec_attn_dim_head": DIM_HEAD,
+        "enc_attn_num_mem_kv": 2,
+        "enc_attn_head_scale": True,
+        "dec_attn_sparse_topk": 2,
+        "dec_cross_attn_num_mem_kv": 3,
+        "dec_cross_attn_value_rmsnorm": True,
+    }
+    ref, ours = paired(spec)
+    src = torch.randint(0, 20, (2, 6), generator=torch.Generator().manual_seed(0))
+    tgt = torch.randint(0, 20, (2, 5), generator=torch.Generator().manual_seed(1))
+    src_mask = seeded_mask(2, 6, seed=2)
+    with torch.no_grad():
+        assert_close(ref(src, tgt, mask=src_mask), ours(src, tgt, mask=src_mask), "loss")
+        # 2.31.10's sparse top-k needs at least k keys: start from two tokens
+        torch.manual_seed(3)
+        expected = ref.generate(src, tgt[:, :2], 3, mask=src_mask)
+        torch.manual_seed(3)
+        assert torch.equal(expected, ours.generate(src, tgt[:, :2], 3, mask=src_mask))
+
+
 def test_selective_attention_parity_without_cache():
     ref, ours = paired(_tw(_layers("Decoder", attn_selective=True)))
     tokens = _tokens(2, 7, seed=1)
@@ -257,6 +291,11 @@ def test_selective_attention_parity_without_cache():
         with pytest.raises(UnsupportedOptionError, match="selective"):
             ours(tokens[:, :4], cache=cache, return_intermediates=True)
     assert not ours.attn_layers.layers[0][1].can_cache_kv
+    assert not ours.can_cache_kv  # so generate() runs without the cache, as x-transformers does
+    prompt = _tokens(2, 3, seed=4)
+    expected = x_transformers.AutoregressiveWrapper(ref).generate(prompt, 4, temperature=0.0)
+    actual = xtf_core.AutoregressiveWrapper(ours).generate(prompt, 4, temperature=0.0)
+    assert torch.equal(expected, actual)
 
 
 def test_multi_latent_attention_with_rotary_sub_heads_and_cache():
