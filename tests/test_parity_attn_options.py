@@ -235,6 +235,17 @@ def test_learned_value_mix_with_latent_kv_refuses_the_cache():
             ours(tokens[:, :4], cache=cache, return_intermediates=True)
 
 
+def test_cross_attention_only_options():
+    """`cross_attn_rotate_num_heads` is accepted (rotary reaches cross-attention only with context positions)."""
+    spec = _layers("Decoder", cross_attend=True, rotary_pos_emb=True, cross_attn_rotate_num_heads=1)
+    ref, ours = paired(spec)
+    x, context = seeded_randn(2, 5, DIM, seed=1), seeded_randn(2, 4, DIM, seed=2)
+    with torch.no_grad():
+        assert_close(ref(x, context=context), ours(x, context=context), "output")
+    with pytest.raises(UnsupportedOptionError, match="attn_rotate_num_heads"):
+        xtf_core.build(_layers("Decoder", attn_rotate_num_heads=1))
+
+
 def test_attn_options_apply_to_cross_attention_too():
     """x-transformers hands `attn_*` options to cross-attention as well, unless `cross_attn_*` overrides."""
     spec = _layers(

@@ -87,11 +87,14 @@ ATTN_OPTIONS = frozenset(
         "cope_max_pos",
         "cope_soft_onehot_pos",
         "cope_talking_heads",
+        "rotate_num_heads",
     }
 )
 # Attention options valid only with the `cross_attn_` prefix in AttentionLayers (x-transformers passes its
 # own value for self-attention, or drops the `attn_` one).
-CROSS_ONLY_ATTN_OPTIONS = frozenset({"dim_context", "learned_value_residual_mix", "inverted_attention"})
+CROSS_ONLY_ATTN_OPTIONS = frozenset(
+    {"dim_context", "learned_value_residual_mix", "inverted_attention", "rotate_num_heads"}
+)
 FF_OPTIONS = frozenset(
     {
         "mult",
