@@ -377,6 +377,41 @@ def test_deep_embeds_and_ids_parity() -> None:
         assert_close(ref(x[:, :5], cache=ref_cache, **kw)[0], ours(x[:, :5], cache=our_cache, **kw)[0])
 
 
+def test_options_through_xtransformer_parity() -> None:
+    """Layer options reach both stacks of an XTransformer through the enc_ / dec_ prefixes."""
+    spec = {
+        "class": "XTransformer",
+        "dim": 16,
+        "enc_num_tokens": NUM_TOKENS,
+        "enc_max_seq_len": 16,
+        "enc_depth": 2,
+        "enc_heads": 2,
+        "enc_attn_dim_head": 8,
+        "enc_macaron": True,
+        "enc_ff_post_act_ln": True,
+        "enc_gate_residual": True,
+        "dec_num_tokens": NUM_TOKENS,
+        "dec_max_seq_len": 16,
+        "dec_depth": 2,
+        "dec_heads": 2,
+        "dec_attn_dim_head": 8,
+        "dec_shift_tokens": 1,
+        "dec_scale_residual": True,
+        "dec_add_value_residual": True,
+        "dec_learned_value_residual_mix": False,
+        "dec_cross_attn_tokens_dropout": 0.2,
+    }
+    ref, ours = paired(spec)
+    src, tgt = tokens(2, 6, 33), tokens(2, 5, 34)
+    mask = seeded_mask(2, 6, 35)
+    with torch.no_grad():
+        assert_close(ref(src, tgt, mask=mask), ours(src, tgt, mask=mask), "loss")
+        assert torch.equal(
+            ref.generate(src, tgt[:, :1], 3, mask=mask, temperature=0.0),
+            ours.generate(src, tgt[:, :1], 3, mask=mask, temperature=0.0),
+        )
+
+
 def test_new_options_keep_eval_function_of_training_options() -> None:
     """Training-only options build the plain model: same weights give the same eval outputs."""
     plain = xtf_core.build(tw("Decoder"))
