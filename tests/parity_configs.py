@@ -58,6 +58,31 @@ PARITY_SETTINGS = settings(
 )
 
 
+# Top-two logits closer than this are a tie in float32: another CPU or thread count may round either way.
+GREEDY_TIE = 1e-4
+
+
+def assert_same_greedy(
+    logits_at: Any, prompt: torch.Tensor, expected: torch.Tensor, got: torch.Tensor, what: str
+) -> None:
+    """Greedy continuations agree token for token. Where a row parts, the top two logits there must tie
+    (within GREEDY_TIE): rounding decided that step, so the rest of the row is not compared.
+    `logits_at(row, tokens)` gives the next-token logits after `tokens` (shape [1, n]) for that row."""
+    assert expected.shape == got.shape, f"{what}: shapes {tuple(expected.shape)} vs {tuple(got.shape)}"
+    for row in range(expected.shape[0]):
+        parted = (expected[row] != got[row]).nonzero()
+        if len(parted) == 0:
+            continue
+        step = int(parted[0])
+        context = torch.cat([prompt[row], expected[row, :step]])[None]
+        with torch.no_grad():
+            top = logits_at(row, context).reshape(-1).topk(2).values
+        margin = float(top[0] - top[1])
+        assert margin < GREEDY_TIE, (
+            f"{what}: row {row} parts at step {step} (margin {margin:.2e}): {expected[row]} vs {got[row]}"
+        )
+
+
 # ---------------------------------------------------------------------------------------------- building
 
 

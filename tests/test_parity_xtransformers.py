@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from parity_configs import (
     PARITY_SETTINGS,
     assert_close,
+    assert_same_greedy,
     attn_layers_spec,
     continuous_wrapper_spec,
     max_abs_diff,
@@ -74,31 +75,6 @@ def check_xl(ref: Any, ours: Any, segments: list[torch.Tensor], *, continuous: b
             our_out, our_mems = ours(segment, mems=our_mems, return_mems=True)
             assert_close(ref_out, our_out, f"segment {i} output")
             assert_close(list(ref_mems), list(our_mems), f"segment {i} memories")
-
-
-# Top-two logits closer than this are a tie in float32: another CPU or thread count may round either way.
-GREEDY_TIE = 1e-4
-
-
-def assert_same_greedy(
-    logits_at: Any, prompt: torch.Tensor, expected: torch.Tensor, got: torch.Tensor, what: str
-) -> None:
-    """Greedy continuations agree token for token. Where a row parts, the top two logits there must tie
-    (within GREEDY_TIE): rounding decided that step, so the rest of the row is not compared.
-    `logits_at(row, tokens)` gives the next-token logits after `tokens` (shape [1, n]) for that row."""
-    assert expected.shape == got.shape, f"{what}: shapes {tuple(expected.shape)} vs {tuple(got.shape)}"
-    for row in range(expected.shape[0]):
-        parted = (expected[row] != got[row]).nonzero()
-        if len(parted) == 0:
-            continue
-        step = int(parted[0])
-        context = torch.cat([prompt[row], expected[row, :step]])[None]
-        with torch.no_grad():
-            top = logits_at(row, context).reshape(-1).topk(2).values
-        margin = float(top[0] - top[1])
-        assert margin < GREEDY_TIE, (
-            f"{what}: row {row} parts at step {step} (margin {margin:.2e}): {expected[row]} vs {got[row]}"
-        )
 
 
 def check_generate(ref: Any, ours: Any, prompt: torch.Tensor, steps: int) -> None:
