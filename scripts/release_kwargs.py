@@ -1,8 +1,7 @@
 """Derive, from the code of every x-transformers release, which constructor keyword arguments it accepted.
 
-Writes converters/release_kwargs.json: for ranges of releases that parse their arguments the same way, and
-for each constructor a config names (TransformerWrapper, ContinuousTransformerWrapper, AttentionLayers and
-its Encoder/Decoder/CrossAttender subclasses):
+For each release and each constructor a config names (TransformerWrapper, ContinuousTransformerWrapper,
+AttentionLayers and its Encoder/Decoder/CrossAttender subclasses), the rule the release applied:
 - `params`: the keyword names its `__init__` takes;
 - `var_kw`: whether it also takes `**kwargs` (without it, any other name raised TypeError);
 - `routes`: the prefixes it split off `**kwargs` (`groupby_prefix_and_trim`) and the class each group went to
@@ -13,7 +12,14 @@ its Encoder/Decoder/CrossAttender subclasses):
 - `fixed`: names a subclass passed itself to `AttentionLayers.__init__` (`causal`, `cross_attend`, ...), which
   the user could not pass again.
 
-The code is read, never run: each release's `x_transformers/x_transformers.py` is parsed with `ast`. The
+Written to converters/release_kwargs.json compactly: per class, per fact (`exists`, `var_kw`,
+`leftover_raises`, each name of `params` and `fixed`, each route's `exists`/`any` and target names), the
+ranges `[first, last]` of releases (in release order) where the fact holds; `releases` lists every release
+read and `ranges` the runs of releases that parse every class identically. converters/release_kwargs.py
+rebuilds a release's rules from it.
+
+The code is read, never run: each release's `x_transformers/x_transformers.py` (and `continuous.py`, home of
+ContinuousTransformerWrapper from 1.24.0) is parsed with `ast`. The
 source of a release is its PyPI wheel (`pip download --no-deps`, cached under .xt-releases/wheels/), or an
 installed copy in .xt-releases/<version> (tests/xt_releases.py), or, with `--git DIR`, the release's tag in a
 clone of the x-transformers repository (fast; `--check-wheels N` compares N tag sources with their wheels).
