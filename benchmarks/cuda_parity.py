@@ -45,6 +45,39 @@ CONFIGS: dict[str, dict] = {
     "dec_memkv_valres": _tw({**DEC, "attn_num_mem_kv": 4, "add_value_residual": True}),
     "dec_macaron_scale_res": _tw({**DEC, "macaron": True, "scale_residual": True}),
     "dec_softclamp_gate_heads": _tw({**DEC, "attn_softclamp_logits": True, "attn_gate_value_heads": True}),
+    "dec_talking_heads_sink_rmsnorm": _tw(
+        {
+            **DEC,
+            "attn_pre_talking_heads": True,
+            "attn_post_talking_heads": True,
+            "attn_head_learned_sink": True,
+            "attn_value_rmsnorm": True,
+            "attn_head_scale": True,
+        }
+    ),
+    "dec_mla_rope_subheads": _tw(
+        {
+            **DEC,
+            "rotary_pos_emb": True,
+            "attn_use_latent_kv": True,
+            "attn_dim_latent_kv": 64,
+            "attn_latent_rope_subheads": 1,
+            "attn_use_latent_q": True,
+            "attn_dim_latent_q": 64,
+        }
+    ),
+    "dec_local_zero_kv_gates": _tw(
+        {
+            **DEC,
+            "attn_max_attend_past": 16,
+            "attn_add_zero_kv": True,
+            "attn_num_mem_kv": 2,
+            "attn_gate_values": True,
+            "attn_gate_values_headwise": True,
+            "attn_output_gate": True,
+            "attn_qk_rmsnorm": True,
+        }
+    ),
 }
 
 
