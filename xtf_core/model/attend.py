@@ -8,7 +8,9 @@ never produce NaN values or NaN gradients on either path.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 import torch
 import torch.nn.functional as F
@@ -97,6 +99,14 @@ def attend(
     if empty_rows is not None:
         out = out.masked_fill(empty_rows, 0.0)
     return out, inter
+
+
+def refuse(message: str) -> NoReturn:
+    """Raise `UnsupportedOptionError`; an "attention option 'x'" message also names both keywords of x."""
+    named = re.match(r"attention option '(\w+)'", message)
+    if named:
+        message += f" (keywords attn_{named[1]} / cross_attn_{named[1]})"
+    raise UnsupportedOptionError(message)
 
 
 def _softclamp(t: Tensor, value: float) -> Tensor:
@@ -241,15 +251,16 @@ class Attend(nn.Module):
             if on
         ]
         if len(picked) > 1:
-            raise UnsupportedOptionError(
-                f"attention options {', '.join(picked)} exclude each other: choose one"
+            keywords = ", ".join(f"attn_{name}" for name in picked)
+            refuse(
+                f"attention options {', '.join(picked)} ({keywords} or their cross_attn_ forms) exclude each other"
             )
         if selective and not causal:
-            raise UnsupportedOptionError("attention option 'selective' needs causal attention (a Decoder)")
+            refuse("attention option 'selective' needs causal attention (a Decoder)")
         if softclamp_logits and logit_softclamp_value <= 0:
-            raise UnsupportedOptionError("attention option 'logit_softclamp_value' must be positive")
+            refuse("attention option 'logit_softclamp_value' must be positive")
         if sparse_topk is not None and sparse_topk < 1:
-            raise UnsupportedOptionError("attention option 'sparse_topk' must be at least 1")
+            refuse("attention option 'sparse_topk' must be at least 1")
         self.cope = cope
         self.explicit = (
             sparse_topk is not None

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UnsupportedOptionError
-from .attend import Attend, AttentionIntermediates, CoPE, attend
+from .attend import Attend, AttentionIntermediates, CoPE, attend, refuse
 from .positions import AlibiPositionalBias, DynamicPositionBias, RelativePositionBias, apply_rotary
 
 
@@ -76,8 +76,7 @@ def _apply_polar(t: Tensor, freqs: Tensor) -> Tensor:
         return torch.cat((magnitude * freqs.cos(), magnitude * freqs.sin()), dim=-1).to(t.dtype)
 
 
-def _refuse(message: str) -> None:
-    raise UnsupportedOptionError(message)
+_refuse = refuse
 
 
 class DataDependentAlibi(nn.Module):
