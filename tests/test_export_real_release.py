@@ -26,6 +26,8 @@ PREFERRED = (
     "cont_enc",
     "dec_gqa_qknorm",
     "dec_tied",
+    "dec_first",  # 0.0.9-0.0.28 take no attn_/ff_ kwargs: their fixtures use these minimal configs
+    "enc_first",
 )
 
 
