@@ -25,7 +25,7 @@ PLAIN = {
 
 
 def test_step_0_2_0_every_config_of_the_0_1_0_snapshot_goes_down_unchanged() -> None:
-    """The specs 0.1.0 pinned its layouts with are all buildable by 0.1.0: the step passes them through."""
+    """The specs 0.1.0 pinned its layouts with are all buildable by 0.1.0: the step lets them stop there."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("canonical_layouts", SNAPSHOTS / "canonical.py")
@@ -34,7 +34,7 @@ def test_step_0_2_0_every_config_of_the_0_1_0_snapshot_goes_down_unchanged() -> 
     released = json.loads((SNAPSHOTS / "xtf-0.1.0.json").read_text())["configs"]
     for name in released:
         config = canonical.CANONICAL[name]
-        assert STEP.apply_downgrade_spec(config) == config
+        assert STEP.check_stop_spec(config) is None
 
 
 def test_step_0_2_0_round_trip_is_the_identity() -> None:
@@ -60,15 +60,15 @@ def test_step_0_2_0_round_trip_is_the_identity() -> None:
 )
 def test_step_0_2_0_refuses_to_take_new_options_down(change: dict, named: str) -> None:
     with pytest.raises(MigrationError, match=named.replace(".", r"\.")):
-        STEP.apply_downgrade_spec({**PLAIN, **change})
+        STEP.check_stop_spec({**PLAIN, **change})
 
 
 def test_step_0_2_0_new_classes_and_neutral_values(tmp_path: Path) -> None:
     with pytest.raises(MigrationError, match="xtf 0.1.0 has no class 'ViTransformerWrapper'"):
-        STEP.apply_downgrade_spec({"class": "ViTransformerWrapper", "image_size": 8})
+        STEP.check_stop_spec({"class": "ViTransformerWrapper", "image_size": 8})
     # an option 0.1.0 accepted at its neutral value still goes down
     neutral = {**PLAIN, "attn_layers": {**PLAIN["attn_layers"], "macaron": False}}
-    assert STEP.apply_downgrade_spec(neutral) == neutral
+    assert STEP.check_stop_spec(neutral) is None
 
 
 def test_migrate_to_0_1_0_refuses_a_file_with_new_options_and_writes_nothing(tmp_path: Path) -> None:

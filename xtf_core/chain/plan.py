@@ -54,6 +54,9 @@ def plan_steps(route: Route, spec: dict) -> list[PlannedStep]:
             ops = step.downgrade_ops(after, spec)
         planned.append(PlannedStep(step, route.direction, tuple(ops), spec, after))
         spec = after
+    if route.direction == "downgrade" and route.steps and route.steps[-1].check_stop_spec is not None:
+        # the file stops at this step's older layout: that release must be able to build the spec
+        route.steps[-1].check_stop_spec(dict(spec))
     return planned
 
 

@@ -6,7 +6,9 @@ release/commit that made it necessary), `revision` and `down_revision` (stamps: 
 run backwards), optional `upgrade_spec(spec)` / `downgrade_spec(spec)`,
 and `ops`: a list of ops, or a function of the pre-upgrade spec returning that list. Optionally
 `backfill(spec)`: ops run after the derived reverse when migrating down, computed from the newer spec, for
-tensors the older layout requires that a newer model may lack (e.g. a zero bias).
+tensors the older layout requires that a newer model may lack (e.g. a zero bias). Optionally
+`check_stop_spec(spec)`: raises when a file going down stops at `down_revision` with a spec that release
+cannot build (a route passing through to older layouts does not call it).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class Step:
     irreversible_reason: str | None = None
     module: str | None = None
     backfill: Callable[[dict], Sequence[Op]] | None = None
+    check_stop_spec: Callable[[dict], None] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "revision", Stamp.coerce(self.revision))
@@ -122,6 +125,7 @@ class Step:
                 irreversible_reason=reason,
                 module=name,
                 backfill=getattr(module, "backfill", None),
+                check_stop_spec=getattr(module, "check_stop_spec", None),
             )
         except XtfError as exc:
             raise ChainError(f"step module {name}: {exc}") from exc
