@@ -28,6 +28,7 @@ import torch
 def spec_for(size_mb: int, cuda: bool) -> dict:
     """A decoder whose float32 weights take about `size_mb` MB (dim grows with size, depth fills it)."""
     dim = 2048 if cuda or size_mb >= 1500 else 512
+    heads = dim // 64  # 64 features a head, so attention is 4 d^2
     per_layer = 12 * dim * dim + 13 * dim  # attention 4 d^2, feedforward 8 d^2, biases and norms
     num_tokens = 8192
     embeddings = 2 * num_tokens * dim
@@ -36,7 +37,13 @@ def spec_for(size_mb: int, cuda: bool) -> dict:
         "class": "TransformerWrapper",
         "num_tokens": num_tokens,
         "max_seq_len": 1024,
-        "attn_layers": {"class": "Decoder", "dim": dim, "depth": depth, "heads": 8, "rotary_pos_emb": True},
+        "attn_layers": {
+            "class": "Decoder",
+            "dim": dim,
+            "depth": depth,
+            "heads": heads,
+            "rotary_pos_emb": True,
+        },
     }
 
 

@@ -266,8 +266,11 @@ def build_with_state(spec: Mapping[str, Any], tensors: Mapping[str, Tensor], whe
     """Check the spec against the tensors, build on the meta device (no random init), assign strictly."""
     check_spec_fits(spec, {name: tuple(t.shape) for name, t in tensors.items()}, where)
     model = build_spec_on_meta(spec, where)
-    check_state(model, tensors, where)
-    model.load_state_dict(dict(tensors), strict=True, assign=True)
+    try:
+        model.load_state_dict(dict(tensors), strict=True, assign=True)
+    except Exception:  # torch's error, or a legacy-layout hint: name the first difference instead
+        check_state(model, tensors, where)
+        raise
     leftover = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if leftover:
         raise StateDictMismatchError(f"{where}: {bounded(leftover[0])} was not set by the checkpoint")

@@ -21,9 +21,9 @@ class LayerNorm(nn.Module):
         self.beta = nn.Parameter(torch.zeros(dim)) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
-        normed = F.layer_norm(x, (self.dim,))
-        out = normed * (self.gamma + float(self.unit_offset))
-        return out + self.beta if self.beta is not None else out
+        # the gain (and shift) go into the one layer_norm kernel: no second pass over the activations
+        gain = self.gamma + 1.0 if self.unit_offset else self.gamma
+        return F.layer_norm(x, (self.dim,), gain, self.beta)
 
 
 class RMSNorm(nn.Module):

@@ -120,6 +120,12 @@ def _rotate_pairs(x: Tensor) -> Tensor:
     return torch.stack((-x2, x1), dim=-1).flatten(-2)
 
 
+def _compiling() -> bool:
+    """Whether torch.compile is tracing (which cannot trace writes into a slice with `out=`)."""
+    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(is_compiling()) if is_compiling is not None else False
+
+
 def apply_rotary(t: Tensor, freqs: Tensor, scale: Tensor | float = 1.0) -> Tensor:
     """Rotate the first `freqs.shape[-1]` features of `t` `[b, h, n, d]` by the last `n` positions of `freqs`."""
     rot_dim, seq_len, dtype = freqs.shape[-1], t.shape[-2], t.dtype
@@ -133,9 +139,17 @@ def apply_rotary(t: Tensor, freqs: Tensor, scale: Tensor | float = 1.0) -> Tenso
         cos, sin = freqs.cos(), freqs.sin()
         if torch.is_tensor(scale) or scale != 1.0:
             rotated = rotated * cos * scale + _rotate_pairs(rotated) * sin * scale
-        else:  # multiplying by 1.0 changes nothing: skip those two passes
-            rotated = rotated * cos + _rotate_pairs(rotated) * sin
-        rotated = rotated.to(dtype)
+            rotated = rotated.to(dtype)
+            return torch.cat((rotated, rest), dim=-1) if rest.shape[-1] else rotated
+        # multiplying by a scale of 1.0 changes nothing: those two passes are skipped
+        if rest.shape[-1] and not (torch.is_grad_enabled() and t.requires_grad) and not _compiling():
+            # no autograd (and eager: a compiler fuses this itself): the rotated features are written, in
+            # t's dtype, straight into one output
+            out = torch.empty(t.shape, dtype=dtype, device=t.device)
+            out[..., rot_dim:] = rest
+            torch.addcmul(rotated * cos, _rotate_pairs(rotated), sin, out=out[..., :rot_dim])
+            return out
+        rotated = torch.addcmul(rotated * cos, _rotate_pairs(rotated), sin).to(dtype)
         return torch.cat((rotated, rest), dim=-1) if rest.shape[-1] else rotated
 
 
