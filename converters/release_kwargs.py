@@ -31,9 +31,12 @@ TABLE = Path(__file__).with_name("release_kwargs.json")
 # release whose code took the old name (the table says which); tests check that no release took both.
 # `use_pos_emb` became `use_abs_pos_emb` in 0.25.8; `attn_talking_heads` became `attn_pre_talking_heads` +
 # `attn_post_talking_heads` in 1.39.0 (xtf implements neither; False is accepted, True refused by name).
+# Later, a bare `dim_head` on a stack is a stray kwarg the release dropped: no rename there.
 RENAMES: tuple[tuple[tuple[str, ...], str, tuple[str, ...]], ...] = (
     (("TransformerWrapper", "ContinuousTransformerWrapper"), "use_pos_emb", ("use_abs_pos_emb",)),
     (LAYER_CLASSES, "attn_talking_heads", ("attn_pre_talking_heads", "attn_post_talking_heads")),
+    # Encoder until 0.0.21 and Decoder until 0.0.25 took the head size as their own `dim_head`
+    (("Encoder", "Decoder"), "dim_head", ("attn_dim_head",)),
 )
 
 
@@ -64,11 +67,14 @@ def _rules_for(release: str) -> dict[str, dict[str, Any]] | None:
         routes: dict[str, Any] = {}
         for prefix, route in facts["routes"].items():
             if _holds(route["exists"], version):
-                routes[prefix] = (
-                    "*"
-                    if _holds(route["any"], version)
-                    else sorted(n for n, spans in route["names"].items() if _holds(spans, version))
-                )
+                if _holds(route.get("unused", []), version):
+                    routes[prefix] = "unused"
+                elif _holds(route["any"], version):
+                    routes[prefix] = "*"
+                else:
+                    routes[prefix] = sorted(
+                        n for n, spans in route["names"].items() if _holds(spans, version)
+                    )
         var_kw = _holds(facts["var_kw"], version)
         rules[name] = {
             "params": sorted(n for n, spans in facts["params"].items() if _holds(spans, version)),
@@ -149,6 +155,10 @@ class _Reader:
             if not key.startswith(prefix):
                 continue
             target = "FeedForward" if prefix == "ff_" else "Attention"
+            if accepted == "unused":
+                return self.ignore(
+                    at, key, value, f"its {cls} split off {prefix} options and passed them nowhere"
+                )
             if prefix == "cross_attn_" and not (spec.get("cross_attend") or cls == "CrossAttender"):
                 return self.ignore(at, key, value, "no cross-attention layer was built to take it")
             if accepted == "*" or key[len(prefix) :] in accepted:
@@ -169,7 +179,11 @@ class _Reader:
         if key in rule["params"]:
             return True
         for prefix, accepted in rule["routes"].items():
-            if key.startswith(prefix) and (accepted == "*" or key[len(prefix) :] in accepted):
+            if (
+                key.startswith(prefix)
+                and accepted != "unused"
+                and (accepted == "*" or key[len(prefix) :] in accepted)
+            ):
                 return True
         return False
 

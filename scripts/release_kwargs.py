@@ -6,7 +6,8 @@ AttentionLayers and its Encoder/Decoder/CrossAttender subclasses), the rule the 
 - `var_kw`: whether it also takes `**kwargs` (without it, any other name raised TypeError);
 - `routes`: the prefixes it split off `**kwargs` (`groupby_prefix_and_trim`) and the class each group went to
   (`attn_`/`cross_attn_` -> Attention, `ff_` -> FeedForward), with that class's keyword names (or "*" when it
-  took `**kwargs` too): a prefixed name the class did not take raised TypeError;
+  took `**kwargs` too), less those the stack passed itself: a prefixed name the class did not take raised
+  TypeError. "unused" when the group was split off and passed nowhere (every such name was dropped);
 - `leftover`: what happened to the rest of `**kwargs` after the split: "drop" (silently ignored; before
   1.29.0) or "raise" (an `assert` on them);
 - `fixed`: names a subclass passed itself to `AttentionLayers.__init__` (`causal`, `cross_attend`, ...), which
@@ -179,7 +180,19 @@ def _stack_rule(tree: ast.Module, cls: ast.ClassDef) -> dict:
     routes: dict[str, list[str] | str] = {}
     leftover = "drop" if var_kw else "raise"
     kwarg = init.args.kwarg.arg if init.args.kwarg else None
+    group_vars: dict[str, str] = {}
     for node in _walk_own(init):
+        if (
+            isinstance(node, ast.Assign)
+            and isinstance(node.value, ast.Call)
+            and isinstance(node.value.func, ast.Name)
+            and node.value.func.id in ("groupby_prefix_and_trim", "group_by_key_prefix_and_trim")
+            and isinstance(node.targets[0], ast.Tuple)
+            and isinstance(node.targets[0].elts[0], ast.Name)
+            and node.value.args
+            and isinstance(node.value.args[0], ast.Constant)
+        ):
+            group_vars[node.value.args[0].value] = node.targets[0].elts[0].id
         if (
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Name)
@@ -193,6 +206,15 @@ def _stack_rule(tree: ast.Module, cls: ast.ClassDef) -> dict:
             test = node.test if isinstance(node, ast.Assert) else node
             if any(isinstance(n, ast.Name) and n.id == kwarg for n in ast.walk(test)):
                 leftover = "raise"
+    loaded = {n.id for n in ast.walk(init) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    for prefix, var in group_vars.items():
+        if prefix in routes and var not in loaded:
+            routes[prefix] = "unused"  # split off and passed nowhere: every such name was dropped (0.0.x)
+    for prefix, names in routes.items():
+        if isinstance(names, list):
+            target = ROUTE_TARGETS.get(prefix, "")
+            taken = _passed_explicitly(tree, init, target)
+            routes[prefix] = [n for n in names if n not in taken]
     return {
         "params": sorted(params),
         "var_kw": var_kw,
@@ -200,6 +222,28 @@ def _stack_rule(tree: ast.Module, cls: ast.ClassDef) -> dict:
         "leftover": leftover,
         "fixed": [],
     }
+
+
+def _passed_explicitly(tree: ast.Module, init: ast.FunctionDef, target: str) -> set[str]:
+    """Names the stack passes to `target` itself (`Attention(dim, heads = heads, **attn_kwargs)`: dim, heads),
+    directly or through `partial`; the same name in the prefixed group raised TypeError (multiple values)."""
+    cls = _classes(tree).get(target)
+    target_init = _init(cls) if cls else None
+    positional = (
+        [a.arg for a in target_init.args.posonlyargs + target_init.args.args][1:] if target_init else []
+    )
+    taken: set[str] = set()
+    for node in _walk_own(init):
+        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
+            continue
+        args = node.args
+        if node.func.id == "partial" and args and isinstance(args[0], ast.Name) and args[0].id == target:
+            args = args[1:]
+        elif node.func.id != target:
+            continue
+        taken.update(k.arg for k in node.keywords if k.arg)
+        taken.update(positional[: len([a for a in args if not isinstance(a, ast.Starred)])])
+    return taken
 
 
 def _fixed_by_subclass(cls: ast.ClassDef) -> list[str] | None:
@@ -304,6 +348,7 @@ def compact(per_release: dict[str, dict]) -> dict:
             routes[prefix] = {
                 "exists": _intervals(releases, [t is not None for t in targets]),
                 "any": _intervals(releases, [t == "*" for t in targets]),
+                "unused": _intervals(releases, [t == "unused" for t in targets]),
                 "names": {
                     n: _intervals(releases, [isinstance(t, list) and n in t for t in targets]) for n in names
                 },

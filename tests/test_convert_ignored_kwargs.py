@@ -36,13 +36,14 @@ PROBES: dict[str, tuple[dict, dict]] = {
     "ff_ typo": ({}, {"ff_glue": True}),
     "attn_flash": ({}, {"attn_flash": True}),
     "attn_num_mem_kv": ({}, {"attn_num_mem_kv": 2}),
+    "attn_heads (passed by the stack itself)": ({}, {"attn_heads": 2}),
     "ff_glu": ({}, {"ff_glu": True}),
     "cross_attn_ without cross_attend": ({}, {"cross_attn_dim_head": 8}),
     "causal on Decoder": ({}, {"causal": False}),
     "use_pos_emb": ({"use_pos_emb": False}, {}),
     "wrapper typo": ({"emb_dropoutt": 0.1}, {}),
 }
-PROBE_RELEASES = ["0.25.7", "0.27.1", "1.0.4", "1.26.0", "1.29.0"]
+PROBE_RELEASES = ["0.0.20", "0.25.7", "0.27.1", "1.0.4", "1.26.0", "1.29.0"]
 
 PROBE_SCRIPT = """
 import json, sys, torch
@@ -127,7 +128,7 @@ def _takes(rule: dict, name: str) -> bool:
     if name in rule["params"]:
         return True
     return any(
-        name.startswith(prefix) and (names == "*" or name[len(prefix) :] in names)
+        name.startswith(prefix) and names != "unused" and (names == "*" or name[len(prefix) :] in names)
         for prefix, names in rule["routes"].items()
     )
 
@@ -237,6 +238,32 @@ def test_an_old_name_converts_under_it(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "read 'use_pos_emb' as use_abs_pos_emb" in result.output
+    io = load_file(tmp_path / "io.safetensors")
+    with torch.no_grad():
+        ours = load(out)(io["tokens"])
+    assert (ours - io["logits"]).abs().max().item() <= 1e-4
+
+
+def test_a_stacks_own_dim_head_converts_as_attn_dim_head(tmp_path: Path) -> None:
+    """Before 0.0.22 (Encoder) / 0.0.26 (Decoder) the head size was the stack's own `dim_head`."""
+    call = "TransformerWrapper(num_tokens=64, max_seq_len=32, attn_layers=Decoder(dim=32, depth=2, heads=4, dim_head=16))"
+    run_in_release("0.0.20", textwrap.dedent(BUILD_SCRIPT.format(call=call)), str(tmp_path))
+    out = tmp_path / "model.safetensors"
+    result = CliRunner().invoke(
+        main,
+        [
+            "convert",
+            str(tmp_path / "model.pt"),
+            "--from",
+            "x-transformers==0.0.20",
+            "--config",
+            call,
+            "-o",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "read 'dim_head' as attn_dim_head" in result.output
     io = load_file(tmp_path / "io.safetensors")
     with torch.no_grad():
         ours = load(out)(io["tokens"])
