@@ -59,8 +59,19 @@ def test_old_state_dict_loads_or_names_the_fix(fixture) -> None:
             assert "name the release" in message
             return
         model = xtf_core.build(exc.needed_spec)  # the model the error says computes the release's function
-        model.load_state_dict(state)
+        try:
+            model.load_state_dict(state)
+        except EraMismatchError as again:
+            # built that way, the dict fits several eras that compute differently (e.g. 0.5.0-0.17.10 and
+            # 0.17.11+ differ only by the position-table scale): the release must be named, and is offered
+            assert again.needed_spec is None and "name the release" in str(again)
+            assert f" {_era(fixture).version} (before " in str(again)
+            return
     assert fixture.max_diff(fixture.run(model.eval())) <= TOLERANCE
+
+
+def _era(fixture):
+    return CHAIN.node_for(Stamp("x-transformers", fixture.release))
 
 
 def test_current_layout_loads_as_before_without_era_detection(monkeypatch: pytest.MonkeyPatch) -> None:
