@@ -324,7 +324,7 @@ def migrate(
     lockfile = None
     if to_lock:
         from xtf_core.chain.graph import default_chain
-        from xtf_core.lockfile import Lockfile
+        from xtf_core.lockfile.format import Lockfile
 
         lockfile = Lockfile.read(_lockfile_path(lockfile_path))
         stamp = lockfile.pin.target(default_chain())
@@ -344,7 +344,7 @@ def migrate(
             with click.progressbar(length=plan.output_bytes, label="migrating", file=sys.stderr) as bar:
                 migrate_file(opened, output, in_place=in_place, plan=plan, progress=bar.update)
     if locked is not None:
-        from xtf_core.locking import lock_checkpoints
+        from xtf_core.lockfile.verbs import lock_checkpoints
 
         lock_checkpoints(lockfile.path, [ckpt])
     if as_json:
@@ -533,7 +533,7 @@ def convert(
 
 
 def _lockfile_path(option: Path | None) -> Path:
-    from xtf_core.locking import lockfile_path
+    from xtf_core.lockfile.verbs import lockfile_path
 
     return lockfile_path(option)
 
@@ -560,8 +560,8 @@ def lock(
 ) -> None:
     """Create or update the lockfile (pin a release, lock checkpoints by sha256), or --check it."""
     from xtf_converters.xtransformers import check_release
-    from xtf_core.lockfile import Lockfile
-    from xtf_core.locking import check_lockfile, lock_checkpoints
+    from xtf_core.lockfile.format import Lockfile
+    from xtf_core.lockfile.verbs import check_lockfile, lock_checkpoints
 
     path = _lockfile_path(lockfile_path)
     if check:
@@ -613,37 +613,21 @@ def lock(
 @click.option("--json", "as_json", is_flag=True, help="Print the matrix as JSON.")
 def compat(ckpt: Path | None, as_json: bool) -> None:
     """Which stamps each release reads directly, by migration, or not at all; for CKPT, where it can go."""
+    from xtf_core.chain.compat import compat_report, layout_ranges
     from xtf_core.chain.graph import default_chain
     from xtf_core.chain.plan import checkpoint_stamp
     from xtf_core.checkpoint.header import read_checkpoint_headers
-    from xtf_core.lockfile import layout_ranges, reading
 
     chain = default_chain()
     ranges = layout_ranges(chain)
     nodes = list(chain.nodes)
     symbols = {"direct": "=", "at load": "L", "migrate": "M", "no": "-"}
-    matrix = {
-        str(library): {str(stamp): reading(library, stamp, chain) for stamp in nodes} for library in nodes
-    }
-    report: dict = {
-        "installed": str(chain.installed),
-        "layouts": [{"node": str(node), "stamps": ranges[node]} for node in nodes],
-        "matrix": {lib: {s: kind for s, (kind, _) in row.items()} for lib, row in matrix.items()},
-        "outside": {
-            "older": f"stamps older than {nodes[0]}: no release reads them (xtf convert refuses them)",
-            "newer": f"stamps newer than {chain.installed}: need a newer xtf to migrate them down",
-        },
-    }
+    report = compat_report(chain)
     if ckpt is not None:
         headers = read_checkpoint_headers(ckpt)
         stamp, _ = checkpoint_stamp(headers)
-        targets = []
-        for node in nodes:
-            kind, detail = reading(node, stamp, chain)
-            if kind == "migrate":
-                detail = detail.replace("CKPT", str(ckpt)) + " -o OUT"
-            targets.append({"release": ranges[node], "node": str(node), "kind": kind, "detail": detail})
-        report["file"] = {"path": str(headers.path), "stamp": str(stamp), "targets": targets}
+        report = compat_report(chain, stamp, str(headers.path), str(ckpt))
+    matrix = report["matrix"]
     if as_json:
         _print_json(report)
         return
@@ -656,7 +640,7 @@ def compat(ckpt: Path | None, as_json: bool) -> None:
     header = " " * (width + 5) + " ".join(f"{i + 1:>2}" for i in range(len(nodes)))
     click.echo(header)
     for i, library in enumerate(nodes):
-        cells = " ".join(f"{symbols[matrix[str(library)][str(s)][0]]:>2}" for s in nodes)
+        cells = " ".join(f"{symbols[matrix[str(library)][str(s)]]:>2}" for s in nodes)
         click.echo(f"{i + 1:>2}  {ranges[library]:<{width}}  {cells}")
     click.echo(report["outside"]["older"])
     click.echo(report["outside"]["newer"])

@@ -99,7 +99,7 @@ def main() -> None:
     size_mb = args.size_mb or (3000 if cuda else 260)
 
     import xtf_core
-    from xtf_core.locking import lock_checkpoints
+    from xtf_core.lockfile.verbs import lock_checkpoints
 
     with tempfile.TemporaryDirectory(prefix="xtf-bench-load-") as temp:
         folder = Path(temp)

@@ -12,26 +12,28 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import save_file
 
+import xtf_core
 from xtf_cli.cli import main
 from xtf_core.chain.testing import rename_step_source, write_checkpoint, write_steps_package
 
+INSTALLED = f"xtf=={xtf_core.__version__}"
 SPEC = {"class": "TransformerWrapper", "num_tokens": 8, "attn_layers": {"class": "Decoder", "dim": 4}}
 IRREVERSIBLE_STEP = '''"""Fold the gate into the weights."""
 
 from xtf_core.chain import ValueTransform
 
-revision = "xtf==0.1.0"
+revision = "{installed}"
 down_revision = "xtf==0.0.5"
 reversible = False
 irreversible_reason = "the gate is folded into the weights"
 
 ops = [ValueTransform("b.weight", lambda t: t * 2)]
-'''
+'''.replace("{installed}", INSTALLED)
 
 
 @pytest.fixture
 def steps(tmp_path, monkeypatch, request):
-    """A steps package: xtf==0.0.1 -[rename a.* -> b.*]-> xtf==0.0.5 -[irreversible]-> xtf==0.1.0."""
+    """A steps package: xtf==0.0.1 -[rename a.* -> b.*]-> xtf==0.0.5 -[irreversible]-> the installed release."""
     package = f"cli_steps_{request.node.name.replace('[', '_').replace(']', '_').replace('-', '_')}"
     root = tmp_path / "steps"
     write_steps_package(
@@ -83,13 +85,13 @@ def test_inspect_json(steps, ckpt):
     assert report["spec"] == SPEC
     assert report["tensors"] == 2 and report["bytes"] == 16 + 6
     assert report["dtypes"] == {"BF16": 1, "F32": 1}
-    assert [step["to"] for step in report["pending"]] == ["xtf==0.0.5", "xtf==0.1.0"]
+    assert [step["to"] for step in report["pending"]] == ["xtf==0.0.5", INSTALLED]
 
 
 def test_inspect_text_and_unstamped(steps, ckpt, tmp_path):
     text = invoke("inspect", ckpt)
     assert text.exit_code == 0
-    assert "stamp: xtf==0.0.1" in text.output and "pending to xtf==0.1.0: 2 step(s)" in text.output
+    assert "stamp: xtf==0.0.1" in text.output and f"pending to {INSTALLED}: 2 step(s)" in text.output
     plain = tmp_path / "plain.safetensors"
     save_file({"w": torch.zeros(1)}, str(plain))
     result = invoke("inspect", plain)
@@ -107,9 +109,9 @@ def test_migrate_writes_output_and_json_plan(steps, ckpt, tmp_path):
     result = invoke("migrate", ckpt, "-o", out, "--json")
     assert result.exit_code == 0, result.output
     plan = json.loads(result.stdout)
-    assert plan["to"] == "xtf==0.1.0" and [s["id"] for s in plan["steps"]] == ["xtf==0.0.5", "xtf==0.1.0"]
+    assert plan["to"] == INSTALLED and [s["id"] for s in plan["steps"]] == ["xtf==0.0.5", INSTALLED]
     report = json.loads(invoke("inspect", out, "--json").stdout)
-    assert report["stamp"] == "xtf==0.1.0" and report["pending"] == [] and len(report["migrations"]) == 2
+    assert report["stamp"] == INSTALLED and report["pending"] == [] and len(report["migrations"]) == 2
 
 
 def test_migrate_to_older_stamp_through_irreversible_step_fails_up_front(steps, ckpt, tmp_path):
@@ -142,7 +144,7 @@ def test_newer_checkpoint_names_versions_and_fix(steps, tmp_path):
     newer = tmp_path / "newer.safetensors"
     write_checkpoint(newer, {"b.weight": torch.ones(1)}, "xtf==9.0.0", SPEC)
     assert_one_line_error(
-        invoke("migrate", newer, "-o", tmp_path / "o"), "xtf==9.0.0", "0.1.0", "upgrade xtf"
+        invoke("migrate", newer, "-o", tmp_path / "o"), "xtf==9.0.0", xtf_core.__version__, "upgrade xtf"
     )
 
 
@@ -159,7 +161,7 @@ def test_history_lists_chain_oldest_first(steps):
     assert result.exit_code == 0
     assert result.output.splitlines() == [
         "xtf==0.0.1 -> xtf==0.0.5  xtf==0.0.5  (reversible)  Rename a.* to b.* (synthetic step for tests and benchmarks).",
-        "xtf==0.0.5 -> xtf==0.1.0  xtf==0.1.0  (irreversible: the gate is folded into the weights)  Fold the gate into the weights.",
+        f"xtf==0.0.5 -> {INSTALLED}  {INSTALLED}  (irreversible: the gate is folded into the weights)  Fold the gate into the weights.",
     ]
     rows = json.loads(invoke("history", "--json").stdout)
     assert [row["reversible"] for row in rows] == [True, False]
@@ -224,4 +226,4 @@ def test_inspect_with_the_installed_chain_does_not_import_torch(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["stamp"] == "x-transformers==1.20.0" and report["pending"][-1]["to"] == "xtf==0.1.0"
+    assert report["stamp"] == "x-transformers==1.20.0" and report["pending"][-1]["to"] == INSTALLED

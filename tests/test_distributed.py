@@ -355,7 +355,7 @@ def checkpoints(tmp_path_factory) -> Path:
     _convert_legacy("dec_rotary", root / "old_rotary.safetensors", release=OLD_RELEASE)
     _shard(root / "scalenorm.safetensors", root / "scalenorm_sharded", 3)
     _restamp(root / "current.safetensors", root / "newer.safetensors", "99.0.0")
-    from xtf_core.locking import lock_checkpoints
+    from xtf_core.lockfile.verbs import lock_checkpoints
 
     for name in ("locked.safetensors", "tampered.safetensors"):
         shutil.copy(root / "current.safetensors", root / name)

@@ -19,7 +19,7 @@ from xtf_core.checkpoint import header as header_module
 from xtf_core.checkpoint.source import open_checkpoint
 from xtf_core.errors import LockError, MigrationError
 from xtf_core.loading import load_state
-from xtf_core.locking import lock_checkpoints
+from xtf_core.lockfile.verbs import lock_checkpoints
 
 SPEC = {
     "class": "TransformerWrapper",

@@ -22,12 +22,13 @@ import xtf_core
 from xtf_cli.cli import main
 from xtf_converters import xtransformers
 from xtf_core.chain import default_chain, migrate_file
+from xtf_core.chain.compat import stamp_matches
 from xtf_core.chain.testing import raw_tensor_bytes, rename_step_source, write_steps_package
 from xtf_core.checkpoint.header import read_checkpoint_headers
 from xtf_core.checkpoint.stamp import Stamp
 from xtf_core.errors import LockError
-from xtf_core.lock import LockPinWarning
-from xtf_core.lockfile import Lockfile, Pin, describe_checkpoint, stamp_matches
+from xtf_core.lockfile.enforce import LockPinWarning
+from xtf_core.lockfile.format import Lockfile, Pin, describe_checkpoint
 
 INSTALLED = f"xtf=={xtf_core.__version__}"
 
@@ -201,7 +202,7 @@ def test_adding_a_file_the_pin_excludes_is_refused_with_the_command_that_fixes_i
     assert result.exit_code == 1
     message = result.stderr.strip()
     assert (
-        message.count("\n") == 0 and "stamped xtf==0.1.0, which x-transformers==1.26.0 cannot load" in message
+        message.count("\n") == 0 and f"stamped {INSTALLED}, which x-transformers==1.26.0 cannot load" in message
     )
     command = message.split("fix: ", 1)[1].split(",")[0]
     assert command == "xtf migrate model.safetensors --to x-transformers==1.26.0 --in-place"
@@ -357,7 +358,7 @@ def test_sharded_folder_is_locked_per_file_and_a_changed_shard_is_named(workdir)
 def test_load_hashes_while_reading(saved, monkeypatch):
     """The lock check reads no file a second time on the happy path."""
     assert invoke("lock", saved.name).exit_code == 0
-    import xtf_core.lock as lock_module
+    import xtf_core.lockfile.enforce as lock_module
 
     def no_second_read(path):
         raise AssertionError(f"{path} was hashed separately")

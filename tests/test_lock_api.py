@@ -9,8 +9,8 @@ import pytest
 import xtf_core
 from xtf_cli.cli import main
 from xtf_core.errors import LockError
-from xtf_core.lockfile import Lockfile
-from xtf_core.locking import check_lockfile, lock_checkpoints
+from xtf_core.lockfile.format import Lockfile
+from xtf_core.lockfile.verbs import check_lockfile, lock_checkpoints
 
 SPEC = {
     "class": "TransformerWrapper",

@@ -11,7 +11,7 @@ import pytest
 
 import xtf_core
 from xtf_core.chain.testing import rename_step_source, write_steps_package
-from xtf_core.lockfile import tomllib  # tomllib, or tomli before Python 3.11
+from xtf_core.lockfile.format import tomllib  # tomllib, or tomli before Python 3.11
 
 INSTALLED = f"xtf=={xtf_core.__version__}"
 

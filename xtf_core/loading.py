@@ -42,7 +42,7 @@ from .fingerprint import compute_fingerprint
 from .spec import build, spec_of
 
 if TYPE_CHECKING:
-    from .lock import LockCheck
+    from .lockfile.enforce import LockCheck
 
 log = logging.getLogger("xtf")
 
@@ -285,7 +285,7 @@ def load(
     Older stamps are migrated in memory; a newer stamp is refused. With a lockfile (`lock=`, `XTF_LOCK`,
     or an `xtf.lock` in this folder or a parent), a locked file must match its recorded sha256.
     """
-    from .lock import lock_check
+    from .lockfile.enforce import lock_check
 
     with open_checkpoint(path) as opened:  # open -> lock check -> plan -> read -> migrate -> build
         check = lock_check(opened, lock)

@@ -201,7 +201,7 @@ def load(
 def _check_lock(plan: LoadPlan, lock: Any) -> None:
     """Refuse a locked checkpoint whose files changed (hashes every locked file: one read, on one rank)."""
     from xtf_core.checkpoint.source import OpenedCheckpoint
-    from xtf_core.lock import lock_check
+    from xtf_core.lockfile.enforce import lock_check
 
     with OpenedCheckpoint(plan.headers) as opened:
         check = lock_check(opened, lock)

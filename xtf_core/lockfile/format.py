@@ -1,7 +1,7 @@
 """The `xtf.lock` file: a pinned requirement, the stamps it can load, and one digest per locked checkpoint.
 
-Format only (read, write, digest, derive compatibility from the chain); enforcement at load time is in
-`lock.py`, the verbs in `locking.py`. No torch here. The format is documented in docs/lockfile.md.
+Format only (read, write, digest, what a pin implies); enforcement at load time is in `enforce.py`, the
+verbs in `verbs.py`, which stamps each release reads in `xtf_core.chain.compat`. No torch here. The format is documented in docs/lockfile.md.
 
 The pin is a PEP 440 requirement on `xtf` or on a release of the legacy `x-transformers` lineage. What it
 implies, derived from the installed chain:
@@ -28,6 +28,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
+from xtf_core.chain.compat import _between, layout_ranges
 from xtf_core.checkpoint.atomic import atomic_file
 from xtf_core.checkpoint.header import CheckpointHeaders, read_checkpoint_headers
 from xtf_core.checkpoint.stamp import (
@@ -130,62 +131,6 @@ class Pin:
                 "no state dict loads in all of them: pin one release, or a range inside one layout"
             )
         return [ranges[layouts[0]]]
-
-
-def _between(low: Stamp, high: Stamp) -> list[str]:
-    """Requirement strings for every stamp s with low <= s <= high, one per lineage."""
-    out = []
-    for lineage in LINEAGES[LINEAGES.index(low.lineage) : LINEAGES.index(high.lineage) + 1]:
-        clauses = []
-        if lineage == low.lineage:
-            clauses.append(f">={low.version}")
-        if lineage == high.lineage:
-            clauses.append(f"<={high.version}")
-        out.append(lineage + ",".join(clauses))
-    return out
-
-
-def layout_ranges(chain) -> dict[Stamp, str]:
-    """Each chain node -> the stamps that share its layout, as a requirement string."""
-    ranges = {}
-    for i, node in enumerate(chain.nodes):
-        following = chain.nodes[i + 1] if i + 1 < len(chain.nodes) else None
-        upper = (
-            f",<{following.version}" if following is not None and following.lineage == node.lineage else ""
-        )
-        ranges[node] = f"{node.lineage}>={node.version}{upper}"
-    return ranges
-
-
-def stamp_matches(stamp: Stamp, ranges: Sequence[str]) -> bool:
-    """Whether `stamp` is in one of the requirement strings (as written in a lockfile's `stamps`)."""
-    for text in ranges:
-        requirement = Requirement(text)
-        if canonicalize_name(requirement.name) == stamp.lineage and requirement.specifier.contains(
-            stamp.version, prereleases=True
-        ):
-            return True
-    return False
-
-
-def reading(library: Stamp, stamp: Stamp, chain) -> tuple[str, str]:
-    """How release `library` can read a file stamped `stamp`: (kind, detail), kind one of
-    `direct` (same layout), `at load` (an xtf release migrates it in memory when loading),
-    `migrate` (`xtf migrate --to` first, with the installed xtf), `no` (detail: why)."""
-    try:
-        same = chain.node_for(stamp) == chain.node_for(library)
-    except XtfError as exc:
-        return "no", " ".join(str(exc).split())
-    older = stamp <= library
-    if same and (older or library.lineage != "xtf"):
-        return "direct", "same layout"
-    if library.lineage == "xtf" and older:
-        return "at load", "migrated in memory when loaded"
-    try:
-        route = chain.route(stamp, library)
-    except XtfError as exc:
-        return "no", " ".join(str(exc).split())
-    return "migrate", f"{route.direction} through {len(route.steps)} step(s): xtf migrate CKPT --to {library}"
 
 
 # ------------------------------------------------------------------------------------------- digests

@@ -23,7 +23,7 @@ from typing import Any
 from xtf_core.checkpoint.source import OpenedCheckpoint
 from xtf_core.checkpoint.stamp import current_stamp
 from xtf_core.errors import LockError
-from xtf_core.lockfile import (
+from xtf_core.lockfile.format import (
     FileDigest,
     LockEntry,
     Lockfile,

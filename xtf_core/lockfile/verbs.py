@@ -9,10 +9,12 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from .chain.graph import Chain, default_chain
-from .checkpoint.stamp import Stamp
-from .errors import LockError, XtfError
-from .lockfile import (
+from xtf_core.chain.compat import stamp_matches
+from xtf_core.chain.graph import Chain, default_chain
+from xtf_core.checkpoint.stamp import Stamp
+from xtf_core.errors import LockError, XtfError
+
+from .format import (
     LOCK_ENV,
     LOCK_FILENAME,
     FileDigest,
@@ -22,7 +24,6 @@ from .lockfile import (
     combined_digest,
     describe_checkpoint,
     hash_file,
-    stamp_matches,
     update_lockfile,
 )
 
@@ -113,7 +114,7 @@ def lock_checkpoints(
 
 def check_lockfile(lockfile: Lockfile, release_check: ReleaseCheck | None = None) -> list[str]:
     """Everything `xtf lock --check` refuses, one line each (empty: all good)."""
-    from xtf_core.lock import pin_problem
+    from xtf_core.lockfile.enforce import pin_problem
 
     chain = default_chain()
     name = lockfile.path
