@@ -206,6 +206,7 @@ def convert(
     from xtf_core.fingerprint import compute_fingerprint
     from xtf_core.loading import dedupe_shared, write_tensors
 
+    from . import option_history
     from . import prefix as prefixes
     from .release_kwargs import KEY_IGNORED, as_release_built
 
@@ -217,6 +218,7 @@ def convert(
     if release is not None:
         stamp = check_release(release)
         config, ignored, renamed = as_release_built(config, stamp.version, where)
+        option_history.check(config, stamp.version, where)  # options a release ran differently
     layouts = _layouts(config, stamp)
     state, prefix, guessed = prefixes.select(full_state, layouts, prefix, where)
     try:
@@ -224,6 +226,7 @@ def convert(
             detection = detect_release(state, config, where)
             release, why = detection.release, detection.why
             stamp = check_release(release)
+            option_history.check(config, stamp.version, where)
         else:
             why = "named with --from"
         _compare_layout(state, config, stamp, where)
@@ -275,8 +278,11 @@ def export(
     from xtf_core.checkpoint.io import write_all
     from xtf_core.loading import load_state
 
+    from . import option_history
+
     target = check_release(release)
     tensors, spec, info = load_state(src, target=target)
+    option_history.check(spec, target.version, str(src))  # options that release ran differently
     tensors, spec = _shed_zero_biases(tensors, spec, target)
     leftover = sorted(_legacy_flags(spec))
     if leftover:

@@ -7,8 +7,13 @@ x-transformers releases the chain maps computed them, and never imported from `x
 
 Every option below had the same default in every release the chain maps (0.x to 2.31.10); an era whose
 defaults differ must get its own pinned defaults here, keyed by the first release of that era.
-Options that change the block order but whose history no step maps yet (`macaron`, ...) are refused by
-name rather than ignored: a step cannot place a tensor in a layout it does not know.
+Options that change the block order but whose history no step maps yet (`weight_tie_layers`, ...) are
+refused by name rather than ignored: a step cannot place a tensor in a layout it does not know.
+
+Block wrappers: `macaron` (x-transformers 0.0.30 on) wraps every feed-forward in `Scale(0.5, ...)`,
+`shift_tokens` (0.16.0 on) wraps the blocks it shifts in `ShiftTokens`, `use_layerscale` (1.30.0 on) wraps
+every block in `LayerScale`, in that order, each keeping its block under `.fn.`: a block's tensors sit at
+`layers.i.1.` + `fn.` per wrapper in every release that has these options (checked against 0.0.30-2.31.10).
 """
 
 from __future__ import annotations
@@ -36,6 +41,10 @@ class StackOptions:
     use_scalenorm: bool = False
     use_rmsnorm: bool = False
     use_simple_rmsnorm: bool = False
+    macaron: bool = False
+    shift_tokens: int | tuple[int, ...] = 0
+    use_layerscale: bool = False
+    use_adaptive_layerscale: bool = False
 
 
 STACK_OPTIONS = frozenset(f.name for f in fields(StackOptions))
@@ -43,7 +52,6 @@ STACK_OPTIONS = frozenset(f.name for f in fields(StackOptions))
 # Options that change which blocks a stack holds, in what order, or which norms it has, with the value at
 # which they change nothing. A stack with another value cannot cross a step until its history is mapped.
 UNMAPPED_BLOCK_OPTIONS: dict[str, Any] = {
-    "macaron": False,
     "only_attn": False,
     "weight_tie_layers": False,
     "layers_execute_order": None,
@@ -64,9 +72,23 @@ def stack_options(raw: dict[str, Any]) -> StackOptions:
                 "releases yet; keep this checkpoint at the current xtf layout"
             )
     known = {k: v for k, v in raw.items() if k in STACK_OPTIONS}
-    if isinstance(known.get("custom_layers"), list):
-        known["custom_layers"] = tuple(known["custom_layers"])
+    for name in ("custom_layers", "shift_tokens"):
+        if isinstance(known.get(name), list):
+            known[name] = tuple(known[name])
     return StackOptions(**known)
+
+
+def branch_wrappers(o: StackOptions, index: int, layer_type: str) -> str:
+    """`fn.` once per module wrapping block `index` (of type `layer_type`): macaron's half step on a
+    feed-forward, a token shift, a layer scale; '' for a plain block."""
+    shifts = o.shift_tokens if isinstance(o.shift_tokens, tuple) else None
+    shift = (shifts[index] if index < len(shifts) else 0) if shifts is not None else o.shift_tokens
+    wrappers = (
+        int(o.macaron and layer_type == "f")
+        + int(bool(shift and shift > 0))
+        + int(o.use_layerscale or o.use_adaptive_layerscale)
+    )
+    return "fn." * wrappers
 
 
 def block_order(o: StackOptions) -> tuple[str, ...]:
@@ -77,6 +99,8 @@ def block_order(o: StackOptions) -> tuple[str, ...]:
         block = ("c", "f")
     else:
         block = ("a", "f")
+    if o.macaron:  # a half-step feed-forward before each block (every release from 0.0.30)
+        block = ("f",) + block
     if o.custom_layers is not None:
         bad = [t for t in o.custom_layers if t not in ("a", "c", "f")]
         if bad:

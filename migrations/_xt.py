@@ -13,7 +13,7 @@ from typing import Any
 
 from xtf_core.errors import MigrationError
 
-from ._history import StackOptions, block_order, stack_options
+from ._history import StackOptions, block_order, branch_wrappers, stack_options
 
 WRAPPERS = ("TransformerWrapper", "ContinuousTransformerWrapper")
 XT_WRAPPER_KEYS = (
@@ -99,6 +99,16 @@ class Stack:
     @property
     def layer_types(self) -> tuple[str, ...]:
         return block_order(self.options)
+
+    def branch(self, index: int) -> str:
+        """Prefix of block `index`'s tensors: `layers.i.1.`, plus `fn.` per wrapper (macaron, shift, layer scale)."""
+        wrappers = branch_wrappers(self.options, index, self.layer_types[index])
+        return f"{self.layers}layers.{index}.1.{wrappers}"
+
+    def wrapped(self, layer_type: str) -> list[str]:
+        """The distinct wrapper paths ('', 'fn.', ...) of the blocks of one type, for wildcard patterns."""
+        o, types = self.options, self.layer_types
+        return sorted({branch_wrappers(o, i, t) for i, t in enumerate(types) if t == layer_type} or {""})
 
     @property
     def norm_kind(self) -> str:
@@ -188,4 +198,9 @@ def layernorms(spec: dict[str, Any]) -> list[str]:
         found += [prefix for prefix, kind in stack.norm_modules() if kind == "layernorm"]
         if stack.wrapper is not None and stack.wrapper_get("post_emb_norm"):
             found.append(f"{stack.wrapper}post_emb_norm.")
+        if stack.get(
+            "ff_post_act_ln"
+        ):  # the feed-forward's norm after its activation (x-transformers 0.20.2 on)
+            types = stack.layer_types
+            found += [f"{stack.branch(i)}ff.1." for i, t in enumerate(types) if t == "f"]
     return found

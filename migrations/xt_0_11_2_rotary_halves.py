@@ -26,7 +26,7 @@ def ops(spec: dict) -> list:
             if layer_type == "a":
                 found += [
                     ValueTransform(
-                        f"{stack.layers}layers.{index}.1.{name}",
+                        f"{stack.branch(index)}{name}",
                         _permute(0, dim_head, to_halves),
                         _permute(0, dim_head, to_pairs),
                         False,

@@ -14,4 +14,8 @@ reversible = True
 
 
 def ops(spec: dict) -> list:
-    return [Rename(f"{s.layers}layers.*.1.net.2.*", f"{s.layers}layers.*.1.net.3.*") for s in stacks(spec)]
+    return [
+        Rename(f"{s.layers}layers.*.1.{w}net.2.*", f"{s.layers}layers.*.1.{w}net.3.*")
+        for s in stacks(spec)
+        for w in s.wrapped("f")
+    ]

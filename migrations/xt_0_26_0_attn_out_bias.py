@@ -35,8 +35,6 @@ def backfill(spec: dict) -> list:
             continue
         for index, layer_type in enumerate(stack.layer_types):
             if layer_type in "ac":
-                weight = f"{stack.layers}layers.{index}.1.to_out.weight"
-                found.append(
-                    Add(f"{stack.layers}layers.{index}.1.to_out.bias", (stack.dim,), f"like:{weight}")
-                )
+                weight = f"{stack.branch(index)}to_out.weight"
+                found.append(Add(f"{stack.branch(index)}to_out.bias", (stack.dim,), f"like:{weight}"))
     return found

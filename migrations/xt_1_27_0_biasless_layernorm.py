@@ -4,9 +4,12 @@ x-transformers 1.27.0. The old biases are kept, not dropped: the spec says so (`
 `xtf_logits_bias`, `xtf_project_bias`), so converted checkpoints compute exactly what they did.
 Going down, a model without those biases gets zero biases (the same function).
 Released upstream in x-transformers 1.27.0, commit 791685945852 (lucidrains/x-transformers).
+`ff_post_act_ln` (0.20.2 on) lost its norm's bias too; the core has no biased post-activation norm, so such
+a model is refused across this step in both directions.
 """
 
 from xtf_core.chain import Add, Rename
+from xtf_core.errors import MigrationError
 
 from ._xt import Stack, layernorms, stacks
 
@@ -39,7 +42,16 @@ def ops(spec: dict) -> list:
     return found
 
 
+def _refuse_post_act_ln(spec: dict) -> None:
+    if any(stack.get("ff_post_act_ln") for stack in stacks(spec)):
+        raise MigrationError(
+            "option 'ff_post_act_ln': before x-transformers 1.27.0 its LayerNorm had a bias, which xtf does not "
+            "model; only checkpoints from 1.27.0 on convert, and they export to 1.27.0 or later"
+        )
+
+
 def upgrade_spec(spec: dict) -> dict:
+    _refuse_post_act_ln(spec)
     for stack in stacks(spec):
         if any(kind == "layernorm" for _, kind in stack.norm_modules()):
             stack.set("xtf_norm_bias", True)
@@ -62,6 +74,7 @@ def backfill(spec: dict) -> list:
 
 
 def downgrade_spec(spec: dict) -> dict:
+    _refuse_post_act_ln(spec)
     for stack in stacks(spec):
         stack.pop("xtf_norm_bias")
         if stack.wrapper is not None:

@@ -69,7 +69,7 @@ def ops(spec: dict) -> list:
             for name, dim in targets:
                 found.append(
                     ValueTransform(
-                        f"{stack.layers}layers.{index}.1.{name}",
+                        f"{stack.branch(index)}{name}",
                         _permute(dim, dim_head, fwd),
                         _permute(dim, dim_head, bwd),
                         False,

@@ -35,6 +35,6 @@ def backfill(spec: dict) -> list:
         width = stack.dim_head * stack.get("heads", 8)
         for index, layer_type in enumerate(stack.layer_types):
             if layer_type == "a":
-                name = f"{stack.layers}layers.{index}.1.to_v_gate.bias"
+                name = f"{stack.branch(index)}to_v_gate.bias"
                 found.append(Add(name, (width,), f"like:{name.removesuffix('bias')}weight"))
     return found
