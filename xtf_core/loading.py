@@ -289,13 +289,13 @@ def load(
 
     with open_checkpoint(path) as opened:  # open -> lock check -> plan -> read -> migrate -> build
         check = lock_check(opened, lock)
-        tensors, spec, info = load_state(opened, device=device, lock_check=check, verify=False)
-    try:
-        model = build_with_state(spec, tensors, str(info["path"]))
-    except XtfError:
-        if check is not None:
-            check.verify()  # a file that is not the locked one is refused as such, whatever else is wrong
-        raise
+        try:
+            tensors, spec, info = load_state(opened, device=device, lock_check=check, verify=False)
+            model = build_with_state(spec, tensors, str(info["path"]))
+        except Exception:
+            if check is not None:  # a changed file is refused as such (LockError), whatever else went wrong
+                check.verify()
+            raise
     if check is not None:
         check.verify()  # the digest of the bytes read ran while the model was built; refuse before returning
     return model
