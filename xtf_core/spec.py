@@ -8,12 +8,12 @@ A spec is JSON data mirroring the constructor call, e.g.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
 
+from .checkpoint.stamp import canonical_json  # noqa: F401  (the one spelling; kept importable here)
 from .errors import SpecError
 from .model.autoregressive import AutoregressiveWrapper
 from .model.continuous_autoregressive import ContinuousAutoregressiveWrapper
@@ -96,8 +96,3 @@ def spec_of(model: nn.Module) -> dict[str, Any]:
             f"{type(model).__name__} was not built by the xtf core; build it with xtf_core classes or xtf_core.build"
         )
     return model.spec()
-
-
-def canonical_json(spec: Mapping[str, Any]) -> str:
-    """The one text form of a spec stored in checkpoints (sorted keys, no spaces)."""
-    return json.dumps(spec, sort_keys=True, separators=(",", ":"), allow_nan=False)

@@ -115,8 +115,14 @@ def current_stamp() -> Stamp:
 
 
 def canonical_json(value: object) -> str:
-    """The one JSON spelling xtf writes: sorted keys, no spaces."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    """The one JSON spelling xtf writes (specs, fingerprints, stamps): sorted keys, no spaces, finite
+    numbers only (a reader refuses NaN and Infinity, so nothing writes them)."""
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except ValueError as exc:
+        raise CheckpointFormatError(
+            f"cannot store a non-finite number in checkpoint metadata ({exc})"
+        ) from exc
 
 
 def is_stamped(metadata: Mapping[str, str]) -> bool:
