@@ -202,7 +202,8 @@ def test_adding_a_file_the_pin_excludes_is_refused_with_the_command_that_fixes_i
     assert result.exit_code == 1
     message = result.stderr.strip()
     assert (
-        message.count("\n") == 0 and f"stamped {INSTALLED}, which x-transformers==1.26.0 cannot load" in message
+        message.count("\n") == 0
+        and f"stamped {INSTALLED}, which x-transformers==1.26.0 cannot load" in message
     )
     command = message.split("fix: ", 1)[1].split(",")[0]
     assert command == "xtf migrate model.safetensors --to x-transformers==1.26.0 --in-place"
