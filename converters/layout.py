@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from xtf_core.checkpoint.layout import diff_layouts
 from xtf_core.checkpoint.stamp import Stamp, current_stamp
 from xtf_core.errors import ConversionError
 
@@ -29,21 +30,23 @@ def layout_at(node: Stamp, config: dict) -> dict[str, tuple[int, ...]]:
 
 def compare_layouts(found: Layout, expected: Layout, where: str, what: str) -> None:
     """Raise naming the first missing, unexpected or mis-shaped tensor (and how many more there are)."""
-    problems = []
-    for name in sorted(set(expected) | set(found)):
-        if name not in found:
-            problems.append(f"missing {name!r} (the config builds it with shape {list(expected[name])})")
-        elif name not in expected:
-            problems.append(
-                f"unexpected {name!r} (shape {list(found[name])}; the config builds no such tensor)"
-            )
-        elif tuple(found[name]) != tuple(expected[name]):
-            problems.append(
-                f"{name!r} has shape {list(found[name])}, the config builds {list(expected[name])}"
-            )
+    diff = diff_layouts(expected, found)
+    problems = {
+        name: f"missing {name!r} (the config builds it with shape {list(expected[name])})"
+        for name in diff.removed
+    }
+    problems |= {
+        name: f"unexpected {name!r} (shape {list(found[name])}; the config builds no such tensor)"
+        for name in diff.added
+    }
+    problems |= {
+        name: f"{name!r} has shape {list(shape)}, the config builds {list(built)}"
+        for name, (built, shape) in diff.reshaped.items()
+    }
     if problems:
+        first = problems[min(problems)]
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
         raise ConversionError(
-            f"{where}: does not match the config as {what}: {problems[0]}{more}; "
+            f"{where}: does not match the config as {what}: {first}{more}; "
             "check dim, depth, heads and options in --config"
         )

@@ -1,8 +1,18 @@
-"""Layout snapshots: the diff names added, removed and reshaped tensors; snapshots round-trip."""
+"""Layouts: the one diff names added, removed and reshaped tensors; layout snapshots round-trip."""
+
+import importlib.util
+from pathlib import Path
 
 import torch
 
-from xtf_core.chain.layout import diff_layouts, layout_of, read_layout_snapshot, write_layout_snapshot
+from xtf_core.checkpoint.layout import diff_layouts, layout_of
+
+_spec = importlib.util.spec_from_file_location(
+    "canonical_layouts", Path(__file__).parent / "fixtures" / "layouts" / "canonical.py"
+)
+canonical = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(canonical)
+write_layout_snapshot, read_layout_snapshot = canonical.write_layout_snapshot, canonical.read_layout_snapshot
 
 
 def test_layout_and_diff(tmp_path):

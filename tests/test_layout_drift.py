@@ -7,7 +7,7 @@ from pathlib import Path
 
 import xtf_core
 from xtf_core.chain import default_chain
-from xtf_core.chain.layout import diff_layouts, read_layout_snapshot
+from xtf_core.checkpoint.layout import diff_layouts
 
 SNAPSHOTS = Path(__file__).parent / "fixtures" / "layouts"
 _spec = importlib.util.spec_from_file_location("canonical_layouts", SNAPSHOTS / "canonical.py")
@@ -24,7 +24,7 @@ def test_current_version_has_a_layout_snapshot() -> None:
 
 
 def test_layout_matches_the_snapshot_of_the_current_version() -> None:
-    stamp, pinned = read_layout_snapshot(canonical.snapshot_path(xtf_core.__version__))
+    stamp, pinned = canonical.read_layout_snapshot(canonical.snapshot_path(xtf_core.__version__))
     assert stamp == f"xtf=={xtf_core.__version__}"
     now = canonical.current_layouts()
     assert sorted(now) == sorted(pinned), "the canonical config set changed; regenerate the snapshot"
@@ -39,7 +39,7 @@ def test_layout_matches_the_snapshot_of_the_current_version() -> None:
 def test_every_released_snapshot_has_a_route_to_the_current_version() -> None:
     chain = default_chain()
     for path in sorted(SNAPSHOTS.glob("xtf-*.json")):
-        stamp, _ = read_layout_snapshot(path)
+        stamp, _ = canonical.read_layout_snapshot(path)
         route = chain.route(stamp)
         assert route.direction in ("none", "upgrade"), (
             f"{path.name}: no upgrade route to xtf {xtf_core.__version__}"
@@ -47,7 +47,7 @@ def test_every_released_snapshot_has_a_route_to_the_current_version() -> None:
 
 
 def test_a_layout_change_is_detected_and_named() -> None:
-    _, pinned = read_layout_snapshot(canonical.snapshot_path(xtf_core.__version__))
+    _, pinned = canonical.read_layout_snapshot(canonical.snapshot_path(xtf_core.__version__))
     tampered = dict(pinned["dec_plain"])
     tampered["attn_layers.final_norm.weight"] = tampered.pop("attn_layers.final_norm.gamma")
     diff = diff_layouts(pinned["dec_plain"], tampered)

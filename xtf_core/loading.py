@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from .checkpoint.atomic import atomic_file
 from .checkpoint.header import CheckpointHeaders, encode_header
 from .checkpoint.io import dtype_code, tensor_bytes, write_all
+from .checkpoint.layout import diff_layouts
 from .checkpoint.source import OpenedCheckpoint, open_checkpoint
 from .checkpoint.stamp import (
     KEY_FINGERPRINT,
@@ -163,9 +164,8 @@ def load_state(
 
 def check_state(model: nn.Module, tensors: Mapping[str, Tensor], where: str) -> None:
     """Names and shapes must match what the spec builds; the error names the first difference."""
-    expected = model.state_dict(keep_vars=True)
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
+    diff = diff_layouts(model.state_dict(keep_vars=True), tensors)
+    missing, unexpected = diff.removed, diff.added
     if missing or unexpected:
         parts = []
         if missing:
@@ -179,12 +179,11 @@ def check_state(model: nn.Module, tensors: Mapping[str, Tensor], where: str) -> 
                 + (f" (+{len(unexpected) - 1} more)" if len(unexpected) > 1 else "")
             )
         raise StateDictMismatchError(f"{where}: tensors do not match the spec: {'; '.join(parts)}")
-    for name in sorted(expected):
-        if tuple(expected[name].shape) != tuple(tensors[name].shape):
-            raise StateDictMismatchError(
-                f"{where}: tensor {bounded(name)} has shape {tuple(tensors[name].shape)}, the spec builds "
-                f"{tuple(expected[name].shape)}; the spec (dim, heads, depth, ...) does not describe this file"
-            )
+    for name, (built, found) in diff.reshaped.items():
+        raise StateDictMismatchError(
+            f"{where}: tensor {bounded(name)} has shape {tuple(found)}, the spec builds "
+            f"{tuple(built)}; the spec (dim, heads, depth, ...) does not describe this file"
+        )
 
 
 SIZE_OPTIONS = frozenset(
