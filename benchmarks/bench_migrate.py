@@ -47,7 +47,7 @@ ops = [ValueTransform("big.*", lambda t: t * 2, lambda t: t / 2)]
 BUILD = """
 import sys
 import torch
-from xtf_core.chain.testing import write_checkpoint
+from xtf_core.testing import write_checkpoint
 size_mb, big_mb, small_mb = (int(arg) for arg in sys.argv[2:5])
 tensors = {}
 for i in range(2):
@@ -80,8 +80,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs per variant; the fastest is reported")
     args = parser.parse_args()
 
-    from xtf_core.chain.testing import rename_step_source, write_steps_package
     from xtf_core.checkpoint.header import read_header
+    from xtf_core.testing import rename_step_source, write_steps_package
 
     rename = rename_step_source("xtf==0.1.0", "xtf==0.0.1", "layers.*.weight", "blocks.*.weight")
     rename_then_decode = {

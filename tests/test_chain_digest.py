@@ -11,7 +11,7 @@ import pytest
 from xtf_core.chain import default_chain
 from xtf_core.chain.digest import chain_changes, chain_sum
 from xtf_core.chain.graph import Chain
-from xtf_core.chain.testing import rename_step_source, write_steps_package
+from xtf_core.testing import rename_step_source, write_steps_package
 
 
 @pytest.fixture

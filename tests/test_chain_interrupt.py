@@ -12,9 +12,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from xtf_core.chain.testing import rename_step_source, write_checkpoint, write_steps_package
 from xtf_core.checkpoint.atomic import is_temp_leftover
 from xtf_core.checkpoint.header import read_header
+from xtf_core.testing import rename_step_source, write_checkpoint, write_steps_package
 
 SPEC = {"class": "TransformerWrapper", "num_tokens": 8, "attn_layers": {"class": "Decoder", "dim": 4}}
 SCALE_STEP = '''"""Scale the big tensors by two (forces a decode of a few MB)."""

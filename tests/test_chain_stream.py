@@ -18,10 +18,10 @@ from xtf_core.chain import (
     migrate_file,
     migrate_in_memory,
 )
-from xtf_core.chain.testing import raw_tensor_bytes, write_checkpoint
 from xtf_core.checkpoint.header import read_header
 from xtf_core.checkpoint.stamp import Stamp, canonical_json, stamped_metadata
 from xtf_core.errors import IrreversibleStepError, MigrationError
+from xtf_core.testing import raw_tensor_bytes, write_checkpoint
 
 SPEC = {
     "class": "TransformerWrapper",

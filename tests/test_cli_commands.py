@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 import xtf_core
 from xtf_cli.cli import main
-from xtf_core.chain.testing import rename_step_source, write_checkpoint, write_steps_package
+from xtf_core.testing import rename_step_source, write_checkpoint, write_steps_package
 
 INSTALLED = f"xtf=={xtf_core.__version__}"
 SPEC = {"class": "TransformerWrapper", "num_tokens": 8, "attn_layers": {"class": "Decoder", "dim": 4}}

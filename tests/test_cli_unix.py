@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from xtf_core.chain.testing import rename_step_source, write_checkpoint, write_steps_package
+from xtf_core.testing import rename_step_source, write_checkpoint, write_steps_package
 
 XTF = [sys.executable, "-m", "xtf_cli.cli"]
 TIMEOUT = 120  # seconds; a run that hangs on a closed pipe fails instead of blocking the suite

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from xtf_core.chain.testing import write_checkpoint
+from xtf_core.testing import write_checkpoint
 
 XTF = [sys.executable, "-m", "xtf_cli.cli"]
 TIMEOUT = 60

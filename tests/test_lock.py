@@ -23,12 +23,12 @@ from xtf_cli.cli import main
 from xtf_converters import xtransformers
 from xtf_core.chain import default_chain, migrate_file
 from xtf_core.chain.compat import stamp_matches
-from xtf_core.chain.testing import raw_tensor_bytes, rename_step_source, write_steps_package
 from xtf_core.checkpoint.header import read_checkpoint_headers
 from xtf_core.checkpoint.stamp import Stamp
 from xtf_core.errors import LockError
 from xtf_core.lockfile.enforce import LockPinWarning
 from xtf_core.lockfile.format import Lockfile, Pin, describe_checkpoint
+from xtf_core.testing import raw_tensor_bytes, rename_step_source, write_steps_package
 
 INSTALLED = f"xtf=={xtf_core.__version__}"
 
@@ -282,7 +282,7 @@ def test_downgrade_through_an_irreversible_step_is_refused_with_the_reason(workd
     )
     monkeypatch.syspath_prepend(str(workdir / "steps"))
     monkeypatch.setenv("XTF_MIGRATIONS_PACKAGE", package)
-    from xtf_core.chain.testing import write_checkpoint
+    from xtf_core.testing import write_checkpoint
 
     write_checkpoint(
         "m.safetensors", {"b.weight": torch.ones(2)}, "xtf==0.1.0", {"class": "TransformerWrapper"}

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 import xtf_core
-from xtf_core.chain.testing import rename_step_source, write_steps_package
 from xtf_core.lockfile.format import tomllib  # tomllib, or tomli before Python 3.11
+from xtf_core.testing import rename_step_source, write_steps_package
 
 INSTALLED = f"xtf=={xtf_core.__version__}"
 

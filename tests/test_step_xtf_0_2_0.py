@@ -10,9 +10,9 @@ import torch
 
 import xtf_core
 from xtf_core.chain import default_chain, migrate_file
-from xtf_core.chain.testing import round_trip
 from xtf_core.checkpoint.header import read_checkpoint_headers
 from xtf_core.errors import MigrationError
+from xtf_core.testing import round_trip
 
 SNAPSHOTS = Path(__file__).parent / "fixtures" / "layouts"
 STEP = next(step for step in default_chain().steps if step.id == "xtf==0.2.0")

@@ -2,7 +2,7 @@
 
 For every x-transformers step, the fixture corpus holds checkpoints written by a real release on each side
 of it (the newest release of the step's old layout and the oldest of its new one). The step alone, run
-through `xtf_core.chain.testing.round_trip`, must turn the old release's state dict into exactly the
+through `xtf_core.testing.round_trip`, must turn the old release's state dict into exactly the
 tensor names and shapes the new release wrote for the same config, and back again: bit-identical where
 it only moves tensors, within float rounding where it rescales them.
 
@@ -19,8 +19,8 @@ from packaging.version import Version
 
 from xtf_core.chain import default_chain
 from xtf_core.chain.step import Step
-from xtf_core.chain.testing import round_trip
 from xtf_core.checkpoint.stamp import Stamp
+from xtf_core.testing import round_trip
 
 CHAIN = default_chain()
 FIXTURES = [f for f in all_fixtures() if f.refused is None]

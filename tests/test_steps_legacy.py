@@ -31,8 +31,8 @@ import xtf_migrations.xt_0_26_0_attn_out_bias as attn_out_bias
 import xtf_migrations.xt_1_20_0_rotary_values as rotary_values_off
 import xtf_migrations.xt_1_42_18_rotary_dim as rotary_dim_floor
 from xtf_core.chain import Chain, Step, migrate_in_memory
-from xtf_core.chain.testing import round_trip
 from xtf_core.errors import MigrationError
+from xtf_core.testing import round_trip
 
 
 def _spec(**layers) -> dict:

@@ -1,4 +1,5 @@
-"""Helpers for testing steps and the engine: write stamped files, read raw tensor bytes, round-trip a step."""
+"""Helpers for testing migration steps and the engine (not used by xtf itself): stamped files from a dict,
+raw tensor bytes, a round trip through one step, and throwaway steps packages."""
 
 from __future__ import annotations
 
