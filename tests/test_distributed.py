@@ -437,7 +437,7 @@ def test_sharded_load_save_and_errors(world, checkpoints, tmp_path):
         )
     from xtf_core.verification import verify_checkpoint
 
-    assert verify_checkpoint(root / "saved")["checked"] == "fingerprint"
+    assert verify_checkpoint(root / "saved").checked == "fingerprint"
     # the DCP checkpoint of the FSDP2 model imports and reproduces its outputs
     from xtf_converters import dcp
 

@@ -27,7 +27,7 @@ def test_convert_load_migrate_and_export_reproduce_the_release(tmp_path: Path, f
     current = tmp_path / "current.safetensors"
     migrate_file(stamped, current)
     assert fixture.max_diff(fixture.run(xtf_core.load(current))) <= TOLERANCE
-    assert verify_checkpoint(current)["checked"] == "fingerprint"  # recorded at conversion, still holds
+    assert verify_checkpoint(current).checked == "fingerprint"  # recorded at conversion, still holds
 
     exported = tmp_path / "exported.pt"
     xtransformers.export(current, exported, release=fixture.release)

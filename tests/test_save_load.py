@@ -125,7 +125,7 @@ def test_round_trip_reproduces_outputs_exactly(tmp_path: Path, name: str) -> Non
     assert xtf_core.spec_of(loaded) == xtf_core.spec_of(model)
     assert not loaded.training
     torch.testing.assert_close(outputs(loaded, spec), outputs(model, spec), rtol=0, atol=0)
-    assert verify_checkpoint(path)["checked"] == "fingerprint"
+    assert verify_checkpoint(path).checked == "fingerprint"
 
 
 def test_metadata_holds_the_stamp_and_spec(tmp_path: Path) -> None:
@@ -236,7 +236,7 @@ def test_verify_catches_a_changed_weight(tmp_path: Path) -> None:
 def test_verify_without_fingerprint_checks_finite_tensors(tmp_path: Path) -> None:
     spec = FAMILIES["plain"]
     path = xtf_core.save(perturbed(spec), tmp_path / "m.safetensors", fingerprint=False)
-    assert verify_checkpoint(path)["checked"] == "finite"
+    assert verify_checkpoint(path).checked == "finite"
     tensors, meta = _read_all(path)
     tensors["to_logits.weight"][0, 0] = float("nan")
     save_file(tensors, str(tmp_path / "nan.safetensors"), metadata=meta)
