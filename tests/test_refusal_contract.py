@@ -162,3 +162,12 @@ def test_generate_refuses_contrastive_decoding() -> None:
 def test_a_forward_keyword_typo_names_the_nearest() -> None:
     with pytest.raises(UnsupportedOptionError, match="did you mean 'return_embeddings'"):
         _tw()(torch.zeros(1, 3, dtype=torch.long), return_embedding=True)
+
+
+def test_unimplemented_methods_are_refused_by_name() -> None:
+    with pytest.raises(UnsupportedOptionError, match="attn_qk_clip_"):
+        _tw().attn_qk_clip_(None)
+    with pytest.raises(UnsupportedOptionError, match="muon_parameters"):
+        _tw().muon_parameters()
+    with pytest.raises(UnsupportedOptionError, match="qk_clip_"):
+        xtf_core.Attention(16, heads=2, dim_head=8).qk_clip_(None)

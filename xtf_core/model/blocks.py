@@ -22,6 +22,7 @@ from .attend import AttentionIntermediates
 from .layers import AttentionLayers, LayerIntermediates
 from .options import _is_neutral, refuse, unsupported
 from .wrappers import AttentionPool as _AttentionPool
+from .wrappers import refuse_method
 
 Intermediates = AttentionIntermediates
 
@@ -65,6 +66,12 @@ class Attention(_attention.Attention):
 
     def __init__(self, dim: int, **kwargs: Any) -> None:
         super().__init__(dim, **_split("Attention", _attention.Attention.__init__, kwargs, "attn_"))
+
+    def qk_clip_(self, intermediates: Any, tau: float = 100.0) -> None:
+        refuse_method("Attention", "qk_clip_")
+
+    def muon_parameters(self) -> Any:
+        refuse_method("Attention", "muon_parameters")
 
     def forward(
         self, x: Tensor, context: Tensor | None = None, *, return_intermediates: bool = False, **kwargs: Any

@@ -166,6 +166,10 @@ def _own_keywords(module: nn.Module) -> set[str]:
     return set(inspect.signature(module.forward).parameters) - {"kwargs", "x"}
 
 
+def refuse_method(owner: str, name: str) -> NoReturn:
+    raise UnsupportedOptionError(f"{owner}.{name}() is not supported by the xtf core")
+
+
 def refuse_forward(owner: str, key: str, value: Any, accepted: set[str] | frozenset[str]) -> NoReturn:
     hint = nearest(key, accepted)
     raise UnsupportedOptionError(
@@ -282,6 +286,14 @@ class TransformerWrapper(SpecRecorder, nn.Module):
         self.looped = False  # x-transformers' looped LM is not implemented (refused at construction)
         self.can_cache_kv = self.num_memory_tokens == 0 and layers.can_cache_kv
         self.can_cache_kv_outside_max_seq_len = isinstance(self.pos_emb, _ZeroPositions)
+
+    def attn_qk_clip_(self, intermediates: Any, tau: float = 100.0) -> None:
+        """x-transformers' MuonClip weight rescaling: not implemented (refused by name)."""
+        refuse_method("TransformerWrapper", "attn_qk_clip_")
+
+    def muon_parameters(self) -> Any:
+        """x-transformers' Muon optimiser parameter groups: not implemented (refused by name)."""
+        refuse_method("TransformerWrapper", "muon_parameters")
 
     def _head(self, x: Tensor) -> Any:
         if self.tie_embedding:
