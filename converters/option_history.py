@@ -36,6 +36,31 @@ REFUSED: tuple[RefusedRange, ...] = (
         "release has (0.3.5 made it Linear + GLU)",
     ),
     RefusedRange(
+        "attn_pre_talking_heads",
+        "0.0.9",
+        "0.22.3",
+        "talking heads were einsum parameters `pre_softmax_proj` / `post_softmax_proj` [heads, heads] (a 1x1 "
+        "convolution from 0.23.0 on); that layout is not mapped yet",
+    ),
+    RefusedRange(
+        "attn_sparse_topk",
+        "1.12.0",
+        "1.16.18",
+        "it did not run (NameError / UnboundLocalError on `dots` in the attention), fixed in 1.16.19",
+    ),
+    RefusedRange(
+        "attn_sparse_topk",
+        "1.16.19",
+        "1.37.9",
+        "its mask was inverted: it kept the logits below the k-th largest (`sim < top_values`), fixed in 1.37.10",
+    ),
+    RefusedRange(
+        "dynamic_pos_bias",
+        "0.25.0",
+        "1.6.3",
+        "its position MLP used ReLU; 1.6.4 on (and xtf) use SiLU",
+    ),
+    RefusedRange(
         "macaron",
         "0.6.4",
         "0.20.7",

@@ -7,8 +7,10 @@ x-transformers releases the chain maps computed them, and never imported from `x
 
 Every option below had the same default in every release the chain maps (0.x to 2.31.10); an era whose
 defaults differ must get its own pinned defaults here, keyed by the first release of that era.
-Options that change the block order but whose history no step maps yet (`weight_tie_layers`, ...) are
-refused by name rather than ignored: a step cannot place a tensor in a layout it does not know.
+Options that change the block order but whose history no step maps yet (`only_attn`, ...) are refused by
+name rather than ignored: a step cannot place a tensor in a layout it does not know. `weight_tie_layers`
+(x-transformers 1.21.4 on) stores one block set and runs it `depth` times; `layers_execute_order` (1.21.4
+on) only changes which stored block runs when: the stored order below is what steps rename.
 
 Block wrappers: `macaron` (x-transformers 0.0.30 on) wraps every feed-forward in `Scale(0.5, ...)`,
 `shift_tokens` (0.16.0 on) wraps the blocks it shifts in `ShiftTokens`, `use_layerscale` (1.30.0 on) wraps
@@ -45,6 +47,8 @@ class StackOptions:
     shift_tokens: int | tuple[int, ...] = 0
     use_layerscale: bool = False
     use_adaptive_layerscale: bool = False
+    weight_tie_layers: bool = False
+    layers_execute_order: tuple[int, ...] | None = None
 
 
 STACK_OPTIONS = frozenset(f.name for f in fields(StackOptions))
@@ -53,8 +57,6 @@ STACK_OPTIONS = frozenset(f.name for f in fields(StackOptions))
 # which they change nothing. A stack with another value cannot cross a step until its history is mapped.
 UNMAPPED_BLOCK_OPTIONS: dict[str, Any] = {
     "only_attn": False,
-    "weight_tie_layers": False,
-    "layers_execute_order": None,
     "pre_and_post_norm": False,
     "use_dynamic_tanh": False,
     "use_derf": False,
@@ -72,7 +74,7 @@ def stack_options(raw: dict[str, Any]) -> StackOptions:
                 "releases yet; keep this checkpoint at the current xtf layout"
             )
     known = {k: v for k, v in raw.items() if k in STACK_OPTIONS}
-    for name in ("custom_layers", "shift_tokens"):
+    for name in ("custom_layers", "shift_tokens", "layers_execute_order"):
         if isinstance(known.get(name), list):
             known[name] = tuple(known[name])
     return StackOptions(**known)
@@ -108,6 +110,8 @@ def block_order(o: StackOptions) -> tuple[str, ...]:
         return tuple(o.custom_layers)
     if o.depth is None:
         raise MigrationError("'depth' is required unless 'custom_layers' is given")
+    if o.weight_tie_layers:  # one stored block set, executed depth times
+        return block
     if o.par_ratio is not None:
         par_depth = o.depth * len(block)
         if not 1 < o.par_ratio <= par_depth:

@@ -13,7 +13,7 @@ from xtf_core.errors import MigrationError
 from ._xt import stacks
 
 revision = "x-transformers==1.15.0"
-down_revision = "x-transformers==0.33.1"
+down_revision = "x-transformers==1.12.2"
 reversible = True
 
 

@@ -8,7 +8,7 @@ Released upstream in x-transformers 1.35.2, commit 9d8bd8a7c515 (lucidrains/x-tr
 from xtf_core.chain import Drop
 
 revision = "x-transformers==1.35.2"
-down_revision = "x-transformers==1.31.3"
+down_revision = "x-transformers==1.31.8"
 reversible = True
 
 

@@ -9,7 +9,7 @@ Released upstream in x-transformers 1.42.18, commit b7202457ea75 (lucidrains/x-t
 from ._xt import stacks
 
 revision = "x-transformers==1.42.18"
-down_revision = "x-transformers==1.35.2"
+down_revision = "x-transformers==1.39.0"
 reversible = True
 ops: list = []
 

@@ -10,7 +10,7 @@ from xtf_core.errors import MigrationError
 from ._xt import stacks
 
 revision = "x-transformers==2.17.1"
-down_revision = "x-transformers==1.42.18"
+down_revision = "x-transformers==1.42.28"
 reversible = True
 ops: list = []
 

@@ -1,8 +1,8 @@
 """The option families issue 10 added, as tiny configs, and the harness that runs them in real releases.
 
 `FAMILIES` maps a family to configs `(name, spec, flags)`; a release runs a config only when it took every
-keyword of the spec as written (`converters/release_kwargs.py`: nothing ignored, nothing renamed), so old
-spellings (`attn_talking_heads`) get their own config. `build_in_release` builds, perturbs and runs a batch of
+keyword of the spec as written (`converters/release_kwargs.py`: nothing ignored), so old spellings
+(`attn_talking_heads`) get their own config. `build_in_release` builds, perturbs and runs a batch of
 configs in one subprocess of the release (`tests/option_runner.py`); `convert_and_run` converts each state
 dict through the chain and runs it in the installed xtf; `export_and_check` migrates to the current layout,
 exports back and lets the release load the export strictly and reproduce its outputs.
@@ -131,17 +131,18 @@ FAMILIES["l2norm_embed"] = [("dec_l2norm_embed", _with(_dec(), l2norm_embed=True
 def configs_for(
     release: str, names: list[str] | None = None
 ) -> list[tuple[str, dict[str, Any], dict[str, bool]]]:
-    """The configs `release` built as written (every keyword taken, none ignored or renamed)."""
+    """The configs `release` built as written (every keyword taken by that name, none ignored; xtf may read
+    an old name under today's, as `attn_talking_heads`)."""
     picked = []
     for configs in FAMILIES.values():
         for name, spec, flags in configs:
             if names is not None and name not in names:
                 continue
             try:
-                _, ignored, renamed = as_release_built(spec, release, name)
+                _, ignored, _ = as_release_built(spec, release, name)
             except ConversionError:
                 continue
-            if not ignored and not renamed:
+            if not ignored:
                 picked.append((name, spec, flags))
     return picked
 
@@ -183,16 +184,19 @@ def convert_and_run(release: str, name: str, spec: dict[str, Any], tmp: Path) ->
     return float(_unpadded((out - saved["io"]["y"]).abs(), saved["io"]).max()), current
 
 
-def export_and_check(release: str, exports: dict[str, Path], tmp: Path) -> dict[str, Any]:
-    """Export each migrated file back to `release`; the release loads it strictly and reruns the inputs."""
+def export_and_check(
+    release: str, exports: dict[str, Path], specs: dict[str, dict[str, Any]], tmp: Path
+) -> dict[str, Any]:
+    """Export each migrated file back to `release`; the release builds the config as the user wrote it for
+    that release (`specs`), loads the export strictly and reruns the inputs."""
     jobs = []
     for name, current in exports.items():
         exported = tmp / f"{name}.export.pt"
-        report = xtransformers.export(current, exported, release=release)
+        xtransformers.export(current, exported, release=release)
         jobs.append(
             {
                 "name": name,
-                "spec": json.loads(Path(report["config"]).read_text()),
+                "spec": specs[name],
                 "pt": str(exported),
                 "io": str(tmp / f"{name}.pt"),
             }

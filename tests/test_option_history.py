@@ -16,10 +16,15 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from option_families import FAMILIES, TOLERANCE, build_in_release, convert_and_run, export_and_check
 
+import xtf_migrations.xt_1_31_8_layerscale_offset as layerscale_step
+import xtf_migrations.xt_1_39_0_talking_heads_residual as talking_step
 from xtf_converters import option_history
+from xtf_core.chain import Step
 from xtf_core.errors import ConversionError
+from xtf_core.testing import round_trip
 
 extended = pytest.mark.skipif(
     os.environ.get("XTF_RELEASE_TESTS") != "1", reason="set XTF_RELEASE_TESTS=1 (installs releases)"
@@ -50,6 +55,8 @@ BOTH_WAYS = {
         "dec_head_scale",
         "dec_attend_past",
     ],
+    # 0.33.1 (0.31.2-1.0.3): qk-norm logits scaled by 1 by default (step 1.0.4 pins it)
+    "0.33.1": ["dec_qk_groups", "dec_on_attn", "dec_gate_res", "dec_one_kv"],
     # 1.0.4 (0.33.1-1.14 era): the renamed feed-forward under macaron and shift wrappers, one kv head, l2norm embed
     "1.0.4": [
         "dec_macaron_cross",
@@ -59,6 +66,8 @@ BOTH_WAYS = {
         "dec_l2norm_embed",
         "dec_shift_mem_down",
         "enc_mem_kv",
+        "dec_talking_old",
+        "dec_qk_groups",
     ],
     # 1.27.1: after the bias-less LayerNorm; the feed-forward's post-activation norm converts from here
     "1.27.1": [
@@ -68,64 +77,65 @@ BOTH_WAYS = {
         "dec_talking_old",
         "dec_dyn_pos",
         "dec_mem_interspersed",
+        "dec_weight_tie",
+        "dec_execute_order",
+    ],
+    # 1.31.3-1.31.7: the unit offset is on for the norms but not yet for the layer scale (step 1.31.8)
+    "1.31.5": ["dec_layerscale", "dec_macaron"],
+    # 1.42.18-1.42.27: a fixed 0.5 value-residual mix (step 1.42.28); talking heads under today's names
+    "1.42.27": [
+        "dec_value_residual",
+        "dec_talking",
+        "dec_layerscale",
+        "dec_post_act_ln",
+        "enc_cls",
+        "enc_avg_pool",
     ],
 }
 
 # more releases, run with XTF_RELEASE_TESTS=1
 EXTENDED = {
     "0.3.5": ["dec_mem_kv", "dec_macaron", "dec_macaron_cross", "dec_on_attn", "dec_sparse_topk"],
-    "0.33.1": [
-        "dec_scale_res",
-        "dec_on_attn",
-        "cross_on_attn",
-        "dec_gate_res",
-        "dec_head_scale",
-        "dec_one_kv",
-    ],
     "1.26.0": ["dec_macaron", "enc_macaron_post", "dec_shift", "enc_shift", "dec_mem_kv", "enc_mem_kv"],
     "1.44.8": ["dec_macaron", "dec_shift", "dec_post_act_ln", "dec_mem_kv", "dec_talking", "dec_layerscale"],
 }
 
-# (release, config, words the refusal must contain)
-REFUSED = [
-    ("0.20.2", "dec_post_act_ln", "ff_post_act_ln"),
-]
+# release -> {config: words its refusal names}: built in the same subprocess as BOTH_WAYS[release]
+REFUSED = {
+    "0.20.8": {"dec_post_act_ln": "ff_post_act_ln"},  # a biased post-activation norm before 1.27.0
+    "1.0.4": {"dec_dyn_pos": "dynamic_pos_bias"},  # ReLU position MLP up to 1.6.3
+    "1.27.1": {"dec_sparse_topk": "attn_sparse_topk"},  # inverted top-k mask 1.16.19-1.37.9
+}
 
 
-def _both_ways(tmp_path: Path, release: str, names: list[str]) -> None:
-    configs = [(name, *SPECS[name]) for name in names]
+def _both_ways(tmp_path: Path, release: str, names: list[str], refused: dict[str, str] | None = None) -> None:
+    refused = refused or {}
+    configs = [(name, *SPECS[name]) for name in [*names, *refused]]
     built = build_in_release(release, configs, tmp_path)
     failed = {name: result["error"] for name, result in built.items() if not result["ok"]}
     assert not failed, f"x-transformers {release} did not run: {failed}"
     exports, diffs = {}, {}
     for name, spec, _ in configs:
+        if name in refused:
+            with pytest.raises(ConversionError, match=refused[name]):
+                convert_and_run(release, name, spec, tmp_path)
+            continue
         diffs[name], exports[name] = convert_and_run(release, name, spec, tmp_path)
     assert all(d <= TOLERANCE for d in diffs.values()), f"converted outputs differ: {diffs}"
-    checked = export_and_check(release, exports, tmp_path)
+    checked = export_and_check(release, exports, {name: spec for name, spec, _ in configs}, tmp_path)
     bad = {k: v for k, v in checked.items() if not isinstance(v, float) or v > TOLERANCE}
     assert set(checked) == set(exports) and not bad, f"x-transformers {release} on the export: {bad}"
 
 
 @pytest.mark.parametrize("release", sorted(BOTH_WAYS), ids=str)
 def test_old_checkpoints_with_the_option_convert_and_export_back(tmp_path: Path, release: str) -> None:
-    _both_ways(tmp_path, release, BOTH_WAYS[release])
+    _both_ways(tmp_path, release, BOTH_WAYS[release], REFUSED.get(release))
 
 
 @extended
 @pytest.mark.parametrize("release", sorted(EXTENDED), ids=str)
 def test_more_releases_per_family(tmp_path: Path, release: str) -> None:
     _both_ways(tmp_path, release, EXTENDED[release])
-
-
-@pytest.mark.parametrize(("release", "name", "words"), REFUSED, ids=[f"{r}-{n}" for r, n, _ in REFUSED])
-def test_option_ranges_a_release_ran_differently_are_refused(
-    tmp_path: Path, release: str, name: str, words: str
-) -> None:
-    spec, flags = SPECS[name]
-    built = build_in_release(release, [(name, spec, flags)], tmp_path)
-    assert built[name]["ok"], built[name]
-    with pytest.raises(ConversionError, match=words):
-        convert_and_run(release, name, spec, tmp_path)
 
 
 def test_refused_ranges_name_the_option_and_the_reason() -> None:
@@ -135,3 +145,42 @@ def test_refused_ranges_name_the_option_and_the_reason() -> None:
         with pytest.raises(ConversionError, match=entry.option):
             option_history.check(spec, entry.last, "x.pt")
         option_history.check({"class": "Decoder", entry.option: False}, entry.last, "x.pt")
+
+
+def _decoder(**layer: object) -> dict:
+    return {
+        "class": "TransformerWrapper",
+        "num_tokens": 8,
+        "attn_layers": {"class": "Decoder", "dim": 4, "depth": 1, "heads": 2, **layer},
+    }
+
+
+def test_step_talking_heads_residual_subtracts_the_identity() -> None:
+    """1.39.0: `sim + conv(sim)` computes what `conv(sim)` did when the stored weight loses the identity."""
+    spec = _decoder(attn_pre_talking_heads=True, attn_post_talking_heads=True)
+    pre, post = torch.randn(2, 2, 1, 1), torch.randn(2, 2, 1, 1)
+    old = {
+        "attn_layers.layers.0.1.attend.pre_softmax_talking_heads.weight": pre,
+        "attn_layers.layers.0.1.attend.post_softmax_talking_heads.weight": post,
+    }
+    new, new_spec, back, back_spec = round_trip(Step.from_module(talking_step), old, spec)
+    eye = torch.eye(2).reshape(2, 2, 1, 1)
+    assert torch.allclose(new["attn_layers.layers.0.1.attend.pre_softmax_talking_heads.weight"], pre - eye)
+    assert torch.equal(new["attn_layers.layers.0.1.attend.post_softmax_talking_heads.weight"], post)
+    assert back_spec == spec and all(torch.allclose(back[k], old[k]) for k in old)
+    sim = torch.randn(1, 2, 3, 3)
+    conv = torch.nn.functional.conv2d
+    weight = new["attn_layers.layers.0.1.attend.pre_softmax_talking_heads.weight"]
+    assert torch.allclose(sim + conv(sim, weight), conv(sim, pre), atol=1e-6)
+
+
+def test_step_layerscale_offset_only_where_the_unit_offset_is_on() -> None:
+    """1.31.8: with the unit offset on, the stored layer scale is `gamma - 1`; pinned-off stacks are untouched."""
+    names = ["attn_layers.layers.0.1.gamma", "attn_layers.layers.1.1.gamma"]
+    old = {name: torch.randn(4) for name in names}
+    step = Step.from_module(layerscale_step)
+    new, _, back, _ = round_trip(step, old, _decoder(use_layerscale=True))
+    assert all(torch.allclose(new[n], old[n] - 1) for n in names)
+    assert all(torch.allclose(back[n], old[n]) for n in names)
+    kept, _, _, _ = round_trip(step, old, _decoder(use_layerscale=True, norm_add_unit_offset=False))
+    assert all(torch.equal(kept[n], old[n]) for n in names)
