@@ -107,6 +107,10 @@ class Stack:
 
     def wrapped(self, layer_type: str) -> list[str]:
         """The distinct wrapper paths ('', 'fn.', ...) of the blocks of one type, for wildcard patterns."""
+        if not any(
+            self.get(k) for k in ("macaron", "shift_tokens", "use_layerscale", "use_adaptive_layerscale")
+        ):
+            return [""]  # no wrapper option: the block order need not be read
         o, types = self.options, self.layer_types
         return sorted({branch_wrappers(o, i, t) for i, t in enumerate(types) if t == layer_type} or {""})
 

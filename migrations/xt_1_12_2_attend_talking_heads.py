@@ -20,6 +20,7 @@ def ops(spec: dict) -> list:
             f"{s.layers}layers.*.1.{w}attend.{which}_softmax_talking_heads.weight",
         )
         for s in stacks(spec)
+        if any(s.get(f"{p}{t}_talking_heads") for p in ("attn_", "cross_attn_") for t in ("pre", "post"))
         for kind in ("a", "c")
         for w in s.wrapped(kind)
         for which in ("pre", "post")

@@ -33,6 +33,8 @@ def _identity(t):
 def ops(spec: dict) -> list:
     found = []
     for stack in stacks(spec):
+        if not (stack.get("attn_pre_talking_heads") or stack.get("cross_attn_pre_talking_heads")):
+            continue  # (the block order is read only for stacks this step touches)
         for index, layer_type in enumerate(stack.layer_types):
             prefix = {"a": "attn_", "c": "cross_attn_"}.get(layer_type)
             if prefix is None or not stack.get(f"{prefix}pre_talking_heads"):
