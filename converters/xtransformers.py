@@ -305,9 +305,9 @@ def export(
         write_all(config_fd, (json.dumps(spec, indent=1, sort_keys=True) + "\n").encode())
     return {
         "source": str(src),
-        "from": str(info["stamp"]),
+        "from": str(info.stamp),
         "to": str(target),
-        "steps": [record.get("id") for record in info["applied"]],
+        "steps": [record.get("id") for record in info.applied],
         "output": str(out),
         "config": str(config_path),
         **placed,

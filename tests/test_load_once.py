@@ -172,7 +172,7 @@ def test_tensors_no_step_touches_are_not_copied(tmp_path: Path) -> None:
     }
     assert untouched
     tensors, _, info = load_state(path)
-    assert info["applied"]
+    assert info.applied
     bases = {
         tensors[name].data_ptr() - header.file_offset(entry)
         for name, entry in untouched.items()

@@ -12,6 +12,7 @@ import logging
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -101,6 +102,17 @@ def read_tensors(headers: CheckpointHeaders) -> dict[str, Tensor]:
         return opened.read_tensors()
 
 
+@dataclass(frozen=True)
+class LoadInfo:
+    """What `load_state` read besides the tensors and spec: the stamp as stored, the steps run now (their
+    `xtf.migrations` records), the file's metadata and its path."""
+
+    stamp: Stamp
+    applied: list[dict[str, str]]
+    metadata: dict[str, str]
+    path: Path
+
+
 def load_state(
     path: str | os.PathLike[str] | OpenedCheckpoint,
     *,
@@ -108,7 +120,7 @@ def load_state(
     device: str | torch.device | None = None,
     lock_check: LockCheck | None = None,
     verify: bool = True,
-) -> tuple[dict[str, Tensor], dict[str, Any], dict[str, Any]]:
+) -> tuple[dict[str, Tensor], dict[str, Any], LoadInfo]:
     """(tensors, spec, info) of a checkpoint, migrated in memory to `target` (default: installed xtf).
 
     `path` may be a checkpoint already opened (`open_checkpoint`): nothing is then read twice. The route
@@ -116,7 +128,8 @@ def load_state(
     where the tensors go (straight from the file). `lock_check` (from `lock.lock_check`): its hashers see
     the bytes as they are read, and it is verified before anything is migrated (with `verify=False` the
     caller verifies it: `load` does so after building, so the digest runs while the model is built).
-    `info` holds `stamp` (as stored), `applied` (steps run now) and the file's `metadata`.
+    `info` (a `LoadInfo`) holds `stamp` (as stored), `applied` (steps run now), the file's `metadata` and
+    `path`.
     """
     opened = open_checkpoint(path)
     where = opened.where
@@ -155,11 +168,7 @@ def load_state(
                 name: t if t.device.type == target_device.type else t.to(target_device)
                 for name, t in tensors.items()
             }
-    return (
-        tensors,
-        spec,
-        {"stamp": stamp, "applied": applied, "metadata": opened.metadata, "path": opened.path},
-    )
+    return tensors, spec, LoadInfo(stamp, applied, opened.metadata, opened.path)
 
 
 def check_state(model: nn.Module, tensors: Mapping[str, Tensor], where: str) -> None:
@@ -290,7 +299,7 @@ def load(
         check = lock_check(opened, lock)
         try:
             tensors, spec, info = load_state(opened, device=device, lock_check=check, verify=False)
-            model = build_with_state(spec, tensors, str(info["path"]))
+            model = build_with_state(spec, tensors, str(info.path))
         except Exception:
             if check is not None:  # a changed file is refused as such (LockError), whatever else went wrong
                 check.verify()

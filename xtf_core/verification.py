@@ -33,10 +33,10 @@ def verify_checkpoint(path: str | os.PathLike[str]) -> VerifyReport:
     Returns the report of a file that passed; raises VerificationError (or the load's own error) otherwise.
     """
     tensors, spec, info = load_state(path)
-    where = str(info["path"])
+    where = str(info.path)
     model = build_with_state(spec, tensors, where)
-    stamp, migrated = str(info["stamp"]), [step.get("id") for step in info["applied"]]
-    stored = read_fingerprint(info["metadata"], where)
+    stamp, migrated = str(info.stamp), [step.get("id") for step in info.applied]
+    stored = read_fingerprint(info.metadata, where)
     if stored is None:
         smoke_run(model, where)
         message = f"{where}: no fingerprint; tensors finite and the model runs"
