@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+import xtf_core
 from xtf_core.checkpoint.atomic import is_temp_leftover
 from xtf_core.checkpoint.header import read_header
 from xtf_core.testing import rename_step_source, write_checkpoint, write_steps_package
@@ -68,7 +69,7 @@ def launch(args, env):
 
 def assert_complete_migrated(path):
     header = read_header(path)
-    assert header.metadata["xtf.version"] == "0.1.0"
+    assert header.metadata["xtf.version"] == xtf_core.__version__  # migrated to the installed release
     with safe_open(str(path), "pt") as handle:
         assert len(list(handle.keys())) == 123
         handle.get_tensor("big.2")
