@@ -203,8 +203,8 @@ def convert(
     With a release named, the config is read as that release read it: keyword arguments it silently ignored
     are dropped (and recorded under `xtf.ignored`), and options it knew under an older name are renamed.
     The model may sit under a prefix inside a bigger state dict (`prefix`, or found when exactly one fits)."""
+    from xtf_core.checkpoint.writer import dedupe_shared, write_tensors
     from xtf_core.fingerprint import compute_fingerprint
-    from xtf_core.loading import dedupe_shared, write_tensors
 
     from . import option_history
     from . import prefix as prefixes

@@ -22,9 +22,10 @@ import xtf_core
 from xtf_core.chain import migrate_file, ops
 from xtf_core.chain.tensors import Realiser, StoredBytes, Workspace
 from xtf_core.checkpoint.header import INDEX_FILENAME, read_checkpoint_headers
+from xtf_core.checkpoint.writer import write_tensors
 from xtf_core.distributed.slices import SliceReader, plan_load
 from xtf_core.errors import VersionError
-from xtf_core.loading import read_tensors, write_tensors
+from xtf_core.loading import read_tensors
 
 LEGACY = Path(__file__).parent / "fixtures" / "legacy" / "1.26.0"
 SPEC = {

@@ -19,9 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from .checkpoint.atomic import atomic_file
-from .checkpoint.header import CheckpointHeaders, encode_header
-from .checkpoint.io import dtype_code, tensor_bytes, write_all
+from .checkpoint.header import CheckpointHeaders
 from .checkpoint.layout import diff_layouts
 from .checkpoint.source import OpenedCheckpoint, open_checkpoint
 from .checkpoint.stamp import (
@@ -31,6 +29,7 @@ from .checkpoint.stamp import (
     current_stamp,
     stamped_metadata,
 )
+from .checkpoint.writer import dedupe_shared, write_tensors
 from .errors import (
     CheckpointFormatError,
     IrreversibleStepError,
@@ -49,27 +48,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("xtf")
 
 
-def dedupe_shared(state: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """Keep one name per shared storage (the first in sorted order); map every other name to it."""
-    kept: dict[str, Tensor] = {}
-    tied: dict[str, str] = {}
-    seen: dict[tuple[int, int, tuple[int, ...], torch.dtype], str] = {}
-    for name in sorted(state):
-        tensor = state[name]
-        key = (
-            tensor.untyped_storage().data_ptr(),
-            tensor.storage_offset(),
-            tuple(tensor.shape),
-            tensor.dtype,
-        )
-        if tensor.numel() and key in seen:
-            tied[name] = seen[key]
-            continue
-        seen[key] = name
-        kept[name] = tensor
-    return kept, tied
-
-
 def save(model: nn.Module, path: str | os.PathLike[str], *, fingerprint: bool = True) -> Path:
     """Write `model` as a stamped safetensors file (atomically) and return its path.
 
@@ -84,16 +62,6 @@ def save(model: nn.Module, path: str | os.PathLike[str], *, fingerprint: bool = 
         metadata[KEY_FINGERPRINT] = canonical_json(compute_fingerprint(model))
     write_tensors(path, tensors, metadata)
     return path
-
-
-def write_tensors(path: Path, tensors: Mapping[str, Tensor], metadata: Mapping[str, str]) -> None:
-    """Stream tensors into a safetensors file, atomically (temp file, fsync, rename)."""
-    names = sorted(tensors)
-    entries = [(n, dtype_code(tensors[n].dtype), tuple(tensors[n].shape)) for n in names]
-    with atomic_file(path) as fd:
-        write_all(fd, encode_header(entries, metadata))
-        for name in names:
-            write_all(fd, tensor_bytes(tensors[name]))
 
 
 def read_tensors(headers: CheckpointHeaders) -> dict[str, Tensor]:

@@ -19,7 +19,7 @@ from xtf_core.chain.graph import Chain
 from xtf_core.chain.plan import FilePlan, plan_file
 from xtf_core.chain.tensors import Computed, Realiser, StoredBytes, TensorNode, check_drops
 from xtf_core.checkpoint.atomic import atomic_file, atomic_folder, backup_for_rewrite, is_temp_leftover
-from xtf_core.checkpoint.header import DTYPE_SIZES, encode_header, resolve_checkpoint_path
+from xtf_core.checkpoint.header import DTYPE_SIZES, resolve_checkpoint_path
 from xtf_core.checkpoint.io import (
     copy_range,
     dtype_code,
@@ -30,6 +30,7 @@ from xtf_core.checkpoint.io import (
 )
 from xtf_core.checkpoint.source import OpenedCheckpoint, open_checkpoint
 from xtf_core.checkpoint.stamp import Stamp
+from xtf_core.checkpoint.writer import safetensors_file
 from xtf_core.errors import MigrationError
 
 Progress = Callable[[int], None]
@@ -112,8 +113,8 @@ def _write(
             _write_sharded(plan, destination, source_fds, realise, progress)
         else:
             tensors = plan.outputs[plan.headers.path.name]
-            with atomic_file(destination) as fd:
-                _write_tensors(fd, tensors, plan.metadata, source_fds, realise, progress)
+            with safetensors_file(destination, _entries(tensors), plan.metadata) as fd:
+                _write_tensors(fd, tensors, source_fds, realise, progress)
 
 
 def _read_stored(source_fds: dict[str, int], node: StoredBytes):
@@ -122,20 +123,22 @@ def _read_stored(source_fds: dict[str, int], node: StoredBytes):
     )
 
 
+def _entries(tensors: dict[str, TensorNode]) -> list[tuple[str, str, tuple[int, ...]]]:
+    return [(name, node.dtype, node.shape) for name, node in tensors.items()]
+
+
 def _write_tensors(
     fd: int,
     tensors: dict[str, TensorNode],
-    metadata: dict[str, str],
     source_fds: dict[str, int],
     realise: Realiser,
     progress: Progress | None,
 ) -> None:
-    """Header, then each tensor's bytes back to back, in the header's order.
+    """Each tensor's bytes back to back, in the header's order (the header is written already).
 
     Raw tensors that sit back to back in the source are copied as one range (one kernel call for a whole
     rename-only file); everything else is produced tensor by tensor.
     """
-    write_all(fd, encode_header(((name, node.dtype, node.shape) for name, node in tensors.items()), metadata))
     run = RawRun()
     for name, node in tensors.items():
         if isinstance(node, StoredBytes):
@@ -221,8 +224,8 @@ def _write_sharded(
             if not tensors:
                 continue
             shard_metadata = {**headers.shards[shard].metadata, **plan.metadata}
-            with atomic_file(folder / shard) as fd:
-                _write_tensors(fd, tensors, shard_metadata, source_fds, realise, progress)
+            with safetensors_file(folder / shard, _entries(tensors), shard_metadata) as fd:
+                _write_tensors(fd, tensors, source_fds, realise, progress)
         index_metadata = {**index.metadata, **plan.metadata, "total_size": plan.output_bytes}
         weight_map = {name: shard for shard, tensors in plan.outputs.items() for name in tensors}
         document = {"metadata": index_metadata, "weight_map": dict(sorted(weight_map.items()))}

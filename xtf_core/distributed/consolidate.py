@@ -12,9 +12,9 @@ import os
 from pathlib import Path
 
 from xtf_core.chain.plan import checkpoint_stamp
-from xtf_core.checkpoint.atomic import atomic_file
-from xtf_core.checkpoint.header import encode_header, read_checkpoint_headers
-from xtf_core.checkpoint.io import copy_range, write_all
+from xtf_core.checkpoint.header import read_checkpoint_headers
+from xtf_core.checkpoint.io import copy_range
+from xtf_core.checkpoint.writer import safetensors_file
 from xtf_core.errors import CheckpointFormatError, MigrationError
 
 
@@ -38,8 +38,7 @@ def consolidate(folder: str | os.PathLike[str], out: str | os.PathLike[str]) -> 
     try:
         for shard, header in headers.shards.items():
             fds[shard] = os.open(header.path, os.O_RDONLY)
-        with atomic_file(out) as fd:
-            write_all(fd, encode_header(((n, e.dtype, e.shape) for n, _, e in entries), metadata))
+        with safetensors_file(out, ((n, e.dtype, e.shape) for n, _, e in entries), metadata) as fd:
             for _, shard, entry in entries:
                 copy_range(fds[shard], headers.shards[shard].file_offset(entry), entry.nbytes, fd)
     except OSError as exc:
