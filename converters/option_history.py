@@ -36,13 +36,6 @@ REFUSED: tuple[RefusedRange, ...] = (
         "release has (0.3.5 made it Linear + GLU)",
     ),
     RefusedRange(
-        "attn_pre_talking_heads",
-        "0.0.9",
-        "0.22.3",
-        "talking heads were einsum parameters `pre_softmax_proj` / `post_softmax_proj` [heads, heads] (a 1x1 "
-        "convolution from 0.23.0 on); that layout is not mapped yet",
-    ),
-    RefusedRange(
         "attn_sparse_topk",
         "1.12.0",
         "1.16.18",

@@ -10,7 +10,7 @@ from ._pos_emb import rescale
 from ._xt import stacks
 
 revision = "x-transformers==0.24.0"
-down_revision = "x-transformers==0.21.1"
+down_revision = "x-transformers==0.23.0"
 reversible = True
 
 

@@ -57,6 +57,7 @@ FAMILIES: dict[str, list[tuple[str, dict[str, Any], dict[str, bool]]]] = {
         ("dec_mem_kv", _dec(attn_num_mem_kv=2), {}),
         ("enc_mem_kv", _enc(attn_num_mem_kv=2), MASK),
         ("cross_mem_kv", _dec(cross_attend=True, cross_attn_num_mem_kv=2), CONTEXT),
+        ("cross_attn_mem_kv_shared", _dec(cross_attend=True, attn_num_mem_kv=2), CONTEXT),
     ],
     "macaron": [
         ("dec_macaron", _dec(macaron=True), {}),
@@ -105,7 +106,7 @@ FAMILIES: dict[str, list[tuple[str, dict[str, Any], dict[str, bool]]]] = {
     "swiglu_values": [("dec_swiglu_values", _dec(attn_swiglu_values=True), {})],
     "softclamp": [
         ("dec_softclamp_logits", _dec(attn_softclamp_logits=True, attn_logit_softclamp_value=2.0), {}),
-        ("dec_softclamp_output", _with(_dec(), softclamp_output=True, softclamp_output_value=2.0), {}),
+        ("dec_softclamp_output", _dec(softclamp_output=True, softclamp_output_value=2.0), {}),
     ],
     "value_rmsnorm": [("dec_value_rmsnorm", _dec(attn_value_rmsnorm=True), {})],
     "value_residual": [("dec_value_residual", _dec(add_value_residual=True), {})],
@@ -120,6 +121,23 @@ FAMILIES: dict[str, list[tuple[str, dict[str, Any], dict[str, bool]]]] = {
     "num_output_heads": [("dec_output_heads", _with(_dec(), num_output_heads=2), {})],
     "interspersed_memory": [
         ("dec_mem_interspersed", _with(_dec(), num_memory_tokens=2, memory_tokens_interspersed_every=3), {}),
+    ],
+    "embed_num_tokens": [
+        ("dec_embed_tokens", _with(_dec(), embed_num_tokens={"kind": 3}), {"embed_ids": True}),
+    ],
+    "probabilistic": [
+        (
+            "cont_probabilistic",
+            {
+                "class": "ContinuousTransformerWrapper",
+                "max_seq_len": 8,
+                "dim_in": 4,
+                "dim_out": 4,
+                "probabilistic": True,
+                "attn_layers": {"class": "Decoder", "dim": 8, "depth": 2, "heads": 2, "attn_dim_head": 4},
+            },
+            {},
+        ),
     ],
     "shift_mem_down": [
         ("dec_shift_mem_down", _with(_dec(), num_memory_tokens=2, shift_mem_down=1), {}),

@@ -37,6 +37,11 @@ def inputs(spec, job, gen):
         mask = torch.ones(2, 6, dtype=torch.bool)
         mask[1, 4:] = False
         io["mask"] = mask
+    if job.get("embed_ids"):
+        io["embed_ids"] = {
+            name: torch.randint(0, count, (2, 6), generator=gen)
+            for name, count in spec["embed_num_tokens"].items()
+        }
     if job.get("condition"):
         io["condition"] = torch.randn(2, layers["dim_condition"], generator=gen)
     if job.get("context"):

@@ -45,6 +45,8 @@ BOTH_WAYS = {
         "cross_on_attn",
         "dec_sparse_topk",
         "dec_cross_res_attn",
+        "cross_attn_mem_kv_shared",
+        "dec_talking_old",
     ],
     # 0.20.8: macaron runs again; token shift, residual scaling and gating, head scale, local attention
     "0.20.8": [
@@ -54,6 +56,7 @@ BOTH_WAYS = {
         "dec_gate_res",
         "dec_head_scale",
         "dec_attend_past",
+        "dec_talking_old",
     ],
     # 0.33.1 (0.31.2-1.0.3): qk-norm logits scaled by 1 by default (step 1.0.4 pins it)
     "0.33.1": ["dec_qk_groups", "dec_on_attn", "dec_gate_res", "dec_one_kv"],
@@ -82,19 +85,23 @@ BOTH_WAYS = {
     ],
     # 1.31.3-1.31.7: the unit offset is on for the norms but not yet for the layer scale (step 1.31.8)
     "1.31.5": ["dec_layerscale", "dec_macaron"],
-    # 1.42.18-1.42.27: a fixed 0.5 value-residual mix (step 1.42.28); talking heads under today's names
-    "1.42.27": [
+    # 1.42.18-1.42.27: a fixed 0.5 value-residual mix (step 1.42.28); talking heads under today's names (1.42.27
+    # itself also builds an unused value-residual mix in cross-attention blocks: a one-release layout)
+    "1.42.26": [
         "dec_value_residual",
         "dec_talking",
         "dec_layerscale",
         "dec_post_act_ln",
         "enc_cls",
         "enc_avg_pool",
+        "cross_mem_kv",
+        "dec_softclamp_output",
     ],
 }
 
 # more releases, run with XTF_RELEASE_TESTS=1
 EXTENDED = {
+    "2.3.0": ["cont_probabilistic", "dec_softclamp_output", "cross_mem_kv"],
     "0.3.5": ["dec_mem_kv", "dec_macaron", "dec_macaron_cross", "dec_on_attn", "dec_sparse_topk"],
     "1.26.0": ["dec_macaron", "enc_macaron_post", "dec_shift", "enc_shift", "dec_mem_kv", "enc_mem_kv"],
     "1.44.8": ["dec_macaron", "dec_shift", "dec_post_act_ln", "dec_mem_kv", "dec_talking", "dec_layerscale"],
