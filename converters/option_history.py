@@ -36,6 +36,12 @@ REFUSED: tuple[RefusedRange, ...] = (
         "release has (0.3.5 made it Linear + GLU)",
     ),
     RefusedRange(
+        "attn_pre_talking_heads",
+        "0.0.9",
+        "0.2.4",
+        "its post-softmax projection was applied to the logits before the softmax (fixed in 0.2.5)",
+    ),
+    RefusedRange(
         "attn_sparse_topk",
         "1.12.0",
         "1.16.18",

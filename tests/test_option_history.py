@@ -34,6 +34,8 @@ SPECS = {name: (spec, flags) for configs in FAMILIES.values() for name, spec, fl
 
 # release -> configs that convert and export back exactly (one release per era of the options they use)
 BOTH_WAYS = {
+    # 0.0.29-0.3.x: one memory-kv config beside the talking-heads refusal
+    "0.0.29": ["dec_mem_kv"],
     # 0.5.0-0.6.3: before the GEGLU fix, after the kv split; macaron runs, attention-on-attention is Linear+GLU
     "0.5.0": [
         "dec_mem_kv",
@@ -109,6 +111,9 @@ EXTENDED = {
 
 # release -> {config: words its refusal names}: built in the same subprocess as BOTH_WAYS[release]
 REFUSED = {
+    "0.0.29": {
+        "dec_talking_old": "attn_pre_talking_heads"
+    },  # post-softmax mix before the softmax up to 0.2.4
     "0.20.8": {"dec_post_act_ln": "ff_post_act_ln"},  # a biased post-activation norm before 1.27.0
     "1.0.4": {"dec_dyn_pos": "dynamic_pos_bias"},  # ReLU position MLP up to 1.6.3
     "1.27.1": {"dec_sparse_topk": "attn_sparse_topk"},  # inverted top-k mask 1.16.19-1.37.9
