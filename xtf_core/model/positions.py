@@ -183,7 +183,7 @@ class AlibiPositionalBias(nn.Module):
 
     def _finish(self, distance: Tensor) -> Tensor:
         bias = -distance.abs() * self._slopes(distance.device)
-        return F.pad(bias, (0, 0, 0, 0, 0, self.total_heads - self.heads))
+        return F.pad(bias, (0, 0, 0, 0, 0, self.total_heads - bias.shape[-3]))
 
     def forward(self, i: int, j: int, device: torch.device) -> Tensor:
         """Bias `[total_heads, i, j]` for the last `i` queries against `j` keys."""
@@ -192,11 +192,12 @@ class AlibiPositionalBias(nn.Module):
         return self._finish((k_pos[None, :] - q_pos[:, None]).float()[None])
 
     def forward_custom_pos(self, pos: Tensor) -> Tensor:
-        """Bias for explicit positions `[n]` -> `[h, n, n]` or `[b, n]` -> `[b, h, n, n]`."""
+        """Bias for explicit positions `[n]` -> `[h, n, n]`, `[b, n]` -> `[b, h, n, n]`, or per head
+        `[b, h, n]` -> `[b, h, n, n]` (each head its own positions)."""
         distance = (pos[..., None, :] - pos[..., :, None]).float()
         if distance.ndim == 3:
             distance = distance[:, None]
-        else:
+        elif distance.ndim == 2:
             distance = distance[None]
         return self._finish(distance)
 
