@@ -60,6 +60,13 @@ REFUSED: tuple[RefusedRange, ...] = (
         "its position MLP used ReLU; 1.6.4 on (and xtf) use SiLU",
     ),
     RefusedRange(
+        "use_dynamic_tanh",
+        "2.1.30",
+        "2.1.30",
+        "its first release kept one scalar alpha, gamma and beta per norm (per-feature from 2.1.31), a "
+        "one-release layout",
+    ),
+    RefusedRange(
         "macaron",
         "0.6.4",
         "0.20.7",

@@ -10,7 +10,9 @@ defaults differ must get its own pinned defaults here, keyed by the first releas
 Options that change the block order but whose history no step maps yet (`only_attn`, ...) are refused by
 name rather than ignored: a step cannot place a tensor in a layout it does not know. `weight_tie_layers`
 (x-transformers 1.21.4 on) stores one block set and runs it `depth` times; `layers_execute_order` (1.21.4
-on) only changes which stored block runs when: the stored order below is what steps rename.
+on) only changes which stored block runs when: the stored order below is what steps rename. With
+`use_adaptive_layernorm` / `use_adaptive_rmsnorm` (1.30.17 / 1.30.18 on) every norm of the stack, the final
+one too, is conditioned (`to_gamma`), not a LayerNorm: no LayerNorm step touches it.
 
 Block wrappers: `macaron` (x-transformers 0.0.30 on) wraps every feed-forward in `Scale(0.5, ...)`,
 `shift_tokens` (0.16.0 on) wraps the blocks it shifts in `ShiftTokens`, `use_layerscale` (1.30.0 on) wraps
@@ -48,6 +50,8 @@ class StackOptions:
     use_layerscale: bool = False
     use_adaptive_layerscale: bool = False
     weight_tie_layers: bool = False
+    use_adaptive_layernorm: bool = False
+    use_adaptive_rmsnorm: bool = False
     layers_execute_order: tuple[int, ...] | None = None
 
 
@@ -60,8 +64,6 @@ UNMAPPED_BLOCK_OPTIONS: dict[str, Any] = {
     "pre_and_post_norm": False,
     "use_dynamic_tanh": False,
     "use_derf": False,
-    "use_adaptive_layernorm": False,
-    "use_adaptive_rmsnorm": False,
 }
 
 

@@ -117,6 +117,10 @@ class Stack:
     @property
     def norm_kind(self) -> str:
         o = self.options
+        if o.use_adaptive_layernorm:
+            return "adaptive_layernorm"
+        if o.use_adaptive_rmsnorm:
+            return "adaptive_rmsnorm"
         if o.use_scalenorm:
             return "scalenorm"
         if o.use_rmsnorm:

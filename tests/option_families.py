@@ -116,6 +116,7 @@ FAMILIES: dict[str, list[tuple[str, dict[str, Any], dict[str, bool]]]] = {
     ],
     "adaptive_norm": [
         ("dec_adaptive_ln", _dec(dim_condition=4, use_adaptive_layernorm=True), {"condition": True}),
+        ("dec_adaptive_rms", _dec(dim_condition=4, use_adaptive_rmsnorm=True), {"condition": True}),
     ],
     "dynamic_tanh": [("dec_dyt", _dec(use_dynamic_tanh=True), {})],
     "num_output_heads": [("dec_output_heads", _with(_dec(), num_output_heads=2), {})],

@@ -85,6 +85,8 @@ BOTH_WAYS = {
         "dec_weight_tie",
         "dec_execute_order",
     ],
+    # 1.30.18-1.30.23: conditioned norms cross the LayerNorm renames of 1.31.0 untouched
+    "1.30.23": ["dec_adaptive_ln", "dec_adaptive_rms", "dec_output_heads"],
     # 1.31.3-1.31.7: the unit offset is on for the norms but not yet for the layer scale (step 1.31.8)
     "1.31.5": ["dec_layerscale", "dec_macaron"],
     # 1.42.18-1.42.27: a fixed 0.5 value-residual mix (step 1.42.28); talking heads under today's names (1.42.27
