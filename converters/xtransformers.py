@@ -37,6 +37,9 @@ BROKEN_RELEASES = {
     "1.16.3": "CascadingHeads was applied unconditionally (outputs differ from every other release)",
     "1.16.4": "CascadingHeads was applied unconditionally (outputs differ from every other release)",
     "1.31.2": "a broken release (TypeError on construction)",
+    "1.5.2": "a broken release (ZeroDivisionError building any model: an experimental feed-forward)",
+    "1.37.1": "a broken release (no model runs: 'you did not train with recycling')",
+    "1.40.4": "a one-release layout (every stack built an unused reinject_input_proj, removed in 1.40.5)",
 }
 DETECTION_LIMIT_BYTES = 512 * 1024 * 1024
 
