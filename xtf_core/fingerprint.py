@@ -77,7 +77,15 @@ def _run(model: nn.Module) -> Tensor:
         if not layers.causal:
             kwargs["mask"] = _padding_mask(n)
         kwargs |= _context_kwargs(layers, gen, dtype)
-        out = model(**on_device(kwargs))
+        kwargs = on_device(kwargs)
+        if model.embeds is not None:  # extra token embeddings read their ids (drawn last: others unchanged)
+            kwargs["embed_ids"] = {
+                name.removesuffix("_embed"): torch.randint(
+                    0, emb.num_embeddings, (BATCH, n), generator=gen
+                ).to(device)
+                for name, emb in sorted(model.embeds.items())  # the spec's order may differ after a reload
+            }
+        out = model(**kwargs)
     elif isinstance(model, ContinuousTransformerWrapper):
         layers = model.attn_layers
         n = _seq_len(model.max_seq_len)
