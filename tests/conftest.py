@@ -2,7 +2,8 @@
 
 Such a test installs releases from PyPI into `.xt-releases/` on first use (network), then reuses them.
 A module is marked when it uses `xt_releases` (or marks a test itself). `pytest -m "not releases"` leaves
-them out; so does `XTF_RELEASE_TESTS=0`. The README's test command runs them.
+them out; so does `XTF_RELEASE_TESTS=0`. The README's test command runs them; `XTF_RELEASE_TESTS=1` also
+runs the extended sweeps over more releases (`test_option_history.py`).
 """
 
 from __future__ import annotations
