@@ -479,6 +479,7 @@ class Attention(nn.Module):
         mem_mask: Tensor | None = None,
         cache: AttentionIntermediates | None = None,
         need_logits: bool = False,
+        causal: bool | None = None,
         value_residual: Tensor | None = None,
         polar_pos_emb: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, AttentionIntermediates]:
@@ -637,7 +638,7 @@ class Attention(nn.Module):
         options = {
             "scale": self.scale,
             "mask": allowed,
-            "causal": self.causal and not has_context,
+            "causal": (self.causal if causal is None else causal) and not has_context,
             "attn_bias": attn_bias,
             "prev_attn": prev_attn,
             "need_logits": need_logits,

@@ -466,7 +466,6 @@ REFUSED_FORWARD_KWARGS: dict[str, Any] = {
     "cross_attn_kv_residuals": None,
     "flash_pack_seq_kwargs": None,
     "flash_pack_seq_context_kwargs": None,
-    "causal": None,
 }
 
 
@@ -864,10 +863,17 @@ class AttentionLayers(SpecRecorder, nn.Module):
         repeat_blocks: Any = None,
         transform_block_inputs: dict[int, Callable[[Tensor], Tensor]] | Callable[..., Tensor] | None = None,
         deep_embeds_and_ids: tuple[Tensor, Tensor] | None = None,
+        causal: bool | None = None,
         **other: Any,
     ) -> Tensor | tuple[Tensor, LayerIntermediates]:
         if other:
             _refuse_forward_kwargs(type(self).__name__, other)
+        # `causal=` overrides the stack's causality for its self-attention, for this call only
+        causal_kwargs = {"causal": causal} if causal is not None else {}
+        if causal is not None and cache is not None and not causal:
+            raise ValueError(
+                "a key/value cache needs causal self-attention; do not pass causal=False with it"
+            )
         if self.cross_attend != (context is not None):
             raise ValueError("context must be passed if and only if cross_attend=True")
         if self.need_condition != (condition is not None):
@@ -1040,6 +1046,7 @@ class AttentionLayers(SpecRecorder, nn.Module):
                     need_logits=need_logits,
                     **block_kwargs,
                     **value_kwargs,
+                    **causal_kwargs,
                 )
             elif layer_type == "c":
                 out, inter = block(
