@@ -480,6 +480,7 @@ class Attention(nn.Module):
         cache: AttentionIntermediates | None = None,
         need_logits: bool = False,
         causal: bool | None = None,
+        context_rotary_pos_emb: tuple[Tensor, Tensor | float] | None = None,
         value_residual: Tensor | None = None,
         polar_pos_emb: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, AttentionIntermediates]:
@@ -554,17 +555,21 @@ class Attention(nn.Module):
                 k, v = torch.cat((cached_k, k), dim=-2), torch.cat((cached_v, v), dim=-2)
             cached_kv = (k[..., mem_len:, :], v[..., mem_len:, :])
 
-        if rotary_pos_emb is not None and not has_context:
+        if rotary_pos_emb is not None and (not has_context or context_rotary_pos_emb is not None):
             freqs, xpos_scale = rotary_pos_emb
             q_scale, k_scale = (xpos_scale, xpos_scale**-1.0) if torch.is_tensor(xpos_scale) else (1.0, 1.0)
+            k_freqs = freqs
+            if has_context:  # cross-attention: the keys take the context's positions (`context_pos`)
+                k_freqs, k_xpos = context_rotary_pos_emb
+                k_scale = k_xpos**-1.0 if torch.is_tensor(k_xpos) else 1.0
             rot = self.rotate_num_heads
             if rot < self.heads:  # only the last `rotate_num_heads` heads are rotated
                 q = torch.cat((q[:, :-rot], apply_rotary(q[:, -rot:], freqs, q_scale)), dim=1)
-                k = torch.cat((k[:, :-rot], apply_rotary(k[:, -rot:], freqs, k_scale)), dim=1)
+                k = torch.cat((k[:, :-rot], apply_rotary(k[:, -rot:], k_freqs, k_scale)), dim=1)
             else:
                 q = apply_rotary(q, freqs, q_scale)
-                k = apply_rotary(k, freqs, k_scale)
-                if self.rotate_values:
+                k = apply_rotary(k, k_freqs, k_scale)
+                if self.rotate_values and not has_context:
                     v = apply_rotary(v, freqs, k_scale)
         if polar_pos_emb is not None:  # PoPE: q and k become magnitude (softplus) times a phase, 2 x dim_head
             if self.num_mem_kv:

@@ -456,7 +456,6 @@ REFUSED_FORWARD_KWARGS: dict[str, Any] = {
     "return_gumbel_log_probs": False,
     "rotary_pos_emb": None,
     "polar_pos_emb": None,
-    "context_pos": None,
     "attn_bias": None,
     "self_attn_additional_kv": None,
     "additional_kv_mask": None,
@@ -864,6 +863,7 @@ class AttentionLayers(SpecRecorder, nn.Module):
         transform_block_inputs: dict[int, Callable[[Tensor], Tensor]] | Callable[..., Tensor] | None = None,
         deep_embeds_and_ids: tuple[Tensor, Tensor] | None = None,
         causal: bool | None = None,
+        context_pos: Tensor | None = None,
         **other: Any,
     ) -> Tensor | tuple[Tensor, LayerIntermediates]:
         if other:
@@ -927,6 +927,20 @@ class AttentionLayers(SpecRecorder, nn.Module):
             if rotary_pos is None:
                 rotary_pos = torch.arange(x.shape[1] + mem_len + seq_pos_offset, device=x.device) - mem_len
             rotary = self.rotary_pos_emb(rotary_pos)
+        # rotary positions for the context, when given: cross-attention then rotates queries and keys too
+        cross_rotary: dict[str, Any] = {}
+        if context_pos is not None and rotary is not None:  # without rotary embeddings it has no use
+            if not self.cross_attend:
+                raise ValueError("context_pos needs a cross-attending stack (cross_attend=True)")
+            if cache is not None:
+                raise UnsupportedOptionError(
+                    f"{type(self).__name__}.forward: keyword 'context_pos' with a key/value cache is not "
+                    "supported by the xtf core; leave it at None when decoding with the cache"
+                )
+            cross_rotary = {
+                "rotary_pos_emb": rotary,
+                "context_rotary_pos_emb": self.rotary_pos_emb(context_pos),
+            }
         polar_kwargs: dict[str, Any] = {}
         if self.polar_pos_emb is not None:
             polar_pos = pos if pos is not None else torch.arange(x.shape[1] + seq_pos_offset, device=x.device)
@@ -1059,6 +1073,7 @@ class AttentionLayers(SpecRecorder, nn.Module):
                     need_logits=return_attn or self.cross_residual_attn,
                     **block_kwargs,
                     **value_kwargs,
+                    **cross_rotary,
                 )
             else:
                 deep = {"deep_embed": next(deep_embeds, None)} if deep_embeds is not None else {}
