@@ -20,6 +20,8 @@ fi
 # busy cores (measured on 2 loaded cores: the parity tests took 3-4x the CPU time with 2 threads). Set
 # OMP_NUM_THREADS to run them with more; no test depends on the thread count.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-# Tests marked `releases` run real x-transformers releases (installed once into .xt-releases/);
-# XTF_RELEASE_TESTS=0 leaves them out (tests/conftest.py).
+# Tests marked `releases` run real x-transformers releases, each installed once (pip --target) into a user
+# cache that later runs and fresh clones on this machine reuse; XTF_RELEASE_TESTS=0 leaves them out
+# (tests/conftest.py).
+export XTF_RELEASES_DIR="${XTF_RELEASES_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/xtf/x-transformers-releases}"
 "$VENV/bin/python" -m pytest -q "$@"

@@ -1,6 +1,7 @@
 """Shared test settings: one marker, `releases`, for every test that runs real x-transformers releases.
 
-Such a test installs releases from PyPI into `.xt-releases/` on first use (network), then reuses them.
+Such a test installs releases from PyPI on first use (network) into `.xt-releases/`, or `$XTF_RELEASES_DIR`
+(the test command points it at a user cache), then reuses them.
 A module is marked when it uses `xt_releases` (or marks a test itself). `pytest -m "not releases"` leaves
 them out; so does `XTF_RELEASE_TESTS=0`. The README's test command runs them; `XTF_RELEASE_TESTS=1` also
 runs the extended sweeps over more releases (`test_option_history.py`).
@@ -17,7 +18,8 @@ _RELEASE_RUNNERS = ("run_in_release", "ensure_release", "release_env", "release_
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "releases: runs real x-transformers releases (installed from PyPI into .xt-releases/ once)"
+        "markers",
+        "releases: runs real x-transformers releases (installed from PyPI once, see tests/xt_releases.py)",
     )
 
 

@@ -1,7 +1,7 @@
 """Install real x-transformers releases side by side and run code inside one of them.
 
 Each release lives in its own ``pip install --no-deps --target`` directory under
-``<repo>/.xt-releases/<version>`` (git-ignored). The current interpreter supplies torch, einops,
+``<repo>/.xt-releases/<version>`` (git-ignored), or under ``$XTF_RELEASES_DIR/<version>``. The current interpreter supplies torch, einops,
 einx, loguru and torch-einops-utils; a release's source tree is put first on ``PYTHONPATH`` so it
 shadows any x-transformers installed in the environment.
 
@@ -18,7 +18,9 @@ import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_ROOT = REPO_ROOT / ".xt-releases"
+# XTF_RELEASES_DIR moves the installs out of the checkout (scripts/test.sh points it at a user cache, so a fresh
+# clone on the same machine, CI's included, reuses what an earlier run installed)
+DEFAULT_ROOT = Path(os.environ.get("XTF_RELEASES_DIR") or REPO_ROOT / ".xt-releases")
 
 # Extra distributions an old release imports at module level, beyond what the venv provides.
 # Installed (without deps) into the release's own directory.
