@@ -67,6 +67,13 @@ REFUSED: tuple[RefusedRange, ...] = (
         "one-release layout",
     ),
     RefusedRange(
+        "cross_attend",
+        "1.42.27",
+        "1.42.27",
+        "its cross-attention blocks built an unused `to_value_residual_mix` (a one-release layout; 1.42.26 "
+        "and 1.42.28 do not)",
+    ),
+    RefusedRange(
         "macaron",
         "0.6.4",
         "0.20.7",
@@ -81,6 +88,8 @@ def _options(config: dict[str, Any]) -> dict[str, Any]:
     layers = config.get("attn_layers")
     if isinstance(layers, dict):
         found.update(layers)
+    if config.get("class") == "XTransformer" or found.get("class") == "CrossAttender":
+        found["cross_attend"] = True  # these always cross-attend
     return found
 
 

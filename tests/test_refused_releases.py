@@ -41,3 +41,25 @@ def test_release_is_refused_for_what_it_does(tmp_path: Path, release: str, shown
         assert result["runs"] and shown in result["names"]
     with pytest.raises(ConversionError, match=reason):
         xtransformers.check_release(release)
+
+
+CROSS_PROBE = r"""
+import json, torch, x_transformers as xt
+stack = xt.Decoder(dim=8, depth=1, heads=2, attn_dim_head=4, cross_attend=True)
+print(json.dumps(sorted(k for k in stack.state_dict() if "value_residual_mix" in k)))
+"""
+
+
+def test_1_42_27_cross_attention_is_refused_for_its_one_release_layout() -> None:
+    for release, extra in (("1.42.26", []), ("1.42.27", ["layers.1.1.to_value_residual_mix.0.weight"])):
+        names = json.loads(run_in_release(release, CROSS_PROBE).stdout.strip().splitlines()[-1])
+        assert [n for n in names if n.endswith(".weight")] == extra, release
+    config = {"class": "TransformerWrapper", "num_tokens": 16, "max_seq_len": 8,
+              "attn_layers": {"class": "Decoder", "dim": 8, "depth": 1, "heads": 2, "cross_attend": True}}  # fmt: skip
+    from xtf_converters import option_history
+
+    with pytest.raises(ConversionError, match="to_value_residual_mix"):
+        option_history.check(config, "1.42.27", "m.pt")
+    option_history.check(
+        {**config, "attn_layers": {**config["attn_layers"], "cross_attend": False}}, "1.42.27", "m"
+    )
