@@ -493,7 +493,7 @@ def test_zero_init_options_zero_the_right_weights() -> None:
 def test_refused_forward_keywords_name_themselves() -> None:
     model = xtf_core.build({"class": "Encoder", **BASE})
     x = seeded_randn(1, 3, 16, seed=0)
-    for key, value in (("context_pos", torch.arange(3)), ("self_attn_kv_residuals", x), ("attn_bias", x)):
+    for key, value in (("self_attn_kv_residuals", x), ("attn_bias", x), ("self_attn_additional_kv", [x])):
         with pytest.raises(UnsupportedOptionError, match=key):
             model(x, **{key: value})
     assert_close(model(x), model(x, route_additional_kv_to_top=True, causal=None))
