@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import math
-
-from xtf_core.chain import ValueTransform
-
-from ._xt import stacks
+from ._xt import sqrt_rescale, stacks
 
 
 def rescale(spec: dict, up: bool, what: str) -> list:
@@ -20,14 +16,5 @@ def rescale(spec: dict, up: bool, what: str) -> list:
         if stack.wrapper is None:
             continue
         width = stack.wrapper_get("emb_dim") or stack.dim
-        root = math.sqrt(width)
-        grow, shrink = (lambda t, r=root: t * r), (lambda t, r=root: t / r)
-        found.append(
-            ValueTransform(
-                f"{stack.wrapper}pos_emb.*.weight",
-                forward=grow if up else shrink,
-                backward=shrink if up else grow,
-                description=f"{what}: {'*' if up else '/'} sqrt({width})",
-            )
-        )
+        found.append(sqrt_rescale(f"{stack.wrapper}pos_emb.*.weight", width, up, f"{what}:"))
     return found

@@ -8,9 +8,11 @@ No torch here: these steps must be importable by header-only tools.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
+from xtf_core.chain import ValueTransform
 from xtf_core.errors import MigrationError
 
 from ._history import StackOptions, block_order, branch_wrappers, stack_options
@@ -212,3 +214,15 @@ def layernorms(spec: dict[str, Any]) -> list[str]:
             types = stack.layer_types
             found += [f"{stack.branch(i)}ff.1." for i, t in enumerate(types) if t == "f"]
     return found
+
+
+def sqrt_rescale(pattern: str, width: int, up: bool, label: str) -> ValueTransform:
+    """Multiply (`up`) or divide the tensors matching `pattern` by sqrt(`width`); the reverse undoes it."""
+    root = math.sqrt(width)
+    grow, shrink = (lambda t, r=root: t * r), (lambda t, r=root: t / r)
+    return ValueTransform(
+        pattern,
+        forward=grow if up else shrink,
+        backward=shrink if up else grow,
+        description=f"{label} {'*' if up else '/'} sqrt({width})",
+    )

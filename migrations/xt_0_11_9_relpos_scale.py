@@ -3,11 +3,7 @@
 x-transformers 0.11.9 (`RelativePositionBias(scale=dim_head ** 0.5)`). Value transform, reversible.
 """
 
-import math
-
-from xtf_core.chain import ValueTransform
-
-from ._xt import stacks
+from ._xt import sqrt_rescale, stacks
 
 revision = "x-transformers==0.11.9"
 down_revision = "x-transformers==0.11.4"
@@ -19,13 +15,6 @@ def ops(spec: dict) -> list:
     for stack in stacks(spec):
         if not stack.get("rel_pos_bias"):
             continue
-        root = math.sqrt(stack.dim_head)
-        found.append(
-            ValueTransform(
-                f"{stack.layers}rel_pos.relative_attention_bias.weight",
-                forward=lambda t, r=root: t / r,
-                backward=lambda t, r=root: t * r,
-                description=f"bias / sqrt({stack.dim_head})",
-            )
-        )
+        table = f"{stack.layers}rel_pos.relative_attention_bias.weight"
+        found.append(sqrt_rescale(table, stack.dim_head, up=False, label="bias"))
     return found

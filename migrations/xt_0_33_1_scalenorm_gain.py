@@ -4,11 +4,7 @@ x-transformers 0.33.1 (before: x / (|x| * dim**-0.5) * g; after: x / |x| * g). V
 Released upstream in x-transformers 0.33.1, commit 7df472070aeb (lucidrains/x-transformers).
 """
 
-import math
-
-from xtf_core.chain import ValueTransform
-
-from ._xt import stacks
+from ._xt import sqrt_rescale, stacks
 
 revision = "x-transformers==0.33.1"
 down_revision = "x-transformers==0.33.0"
@@ -20,13 +16,5 @@ def ops(spec: dict) -> list:
     for stack in stacks(spec):
         if stack.norm_kind != "scalenorm":
             continue
-        root = math.sqrt(stack.dim)
-        found.append(
-            ValueTransform(
-                f"{stack.layers}layers.*.0.*.g",
-                forward=lambda t, r=root: t * r,
-                backward=lambda t, r=root: t / r,
-                description=f"g * sqrt({stack.dim})",
-            )
-        )
+        found.append(sqrt_rescale(f"{stack.layers}layers.*.0.*.g", stack.dim, up=True, label="g"))
     return found

@@ -3,11 +3,7 @@
 x-transformers 0.9.0 (`ScaleNorm.scale`). Value transform, exact both ways.
 """
 
-import math
-
-from xtf_core.chain import ValueTransform
-
-from ._xt import stacks
+from ._xt import sqrt_rescale, stacks
 
 revision = "x-transformers==0.9.0"
 down_revision = "x-transformers==0.7.4"
@@ -19,13 +15,5 @@ def ops(spec: dict) -> list:
     for stack in stacks(spec):
         if stack.norm_kind != "scalenorm":
             continue
-        root = math.sqrt(stack.dim)
-        found.append(
-            ValueTransform(
-                f"{stack.layers}layers.*.0.g",
-                forward=lambda t, r=root: t / r,
-                backward=lambda t, r=root: t * r,
-                description=f"g / sqrt({stack.dim})",
-            )
-        )
+        found.append(sqrt_rescale(f"{stack.layers}layers.*.0.g", stack.dim, up=False, label="g"))
     return found

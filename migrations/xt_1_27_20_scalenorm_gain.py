@@ -4,11 +4,7 @@ x-transformers 1.27.20. Value transform, reversible.
 Released upstream in x-transformers 1.27.20, commit 9665f74ff28e (lucidrains/x-transformers).
 """
 
-import math
-
-from xtf_core.chain import ValueTransform
-
-from ._xt import stacks
+from ._xt import sqrt_rescale, stacks
 
 revision = "x-transformers==1.27.20"
 down_revision = "x-transformers==1.27.5"
@@ -18,15 +14,7 @@ reversible = True
 def ops(spec: dict) -> list:
     found = []
     for stack in stacks(spec):
-        root = math.sqrt(stack.dim)
         for prefix, kind in stack.norm_modules():
             if kind == "scalenorm":
-                found.append(
-                    ValueTransform(
-                        prefix + "g",
-                        forward=lambda t, r=root: t / r,
-                        backward=lambda t, r=root: t * r,
-                        description=f"g / sqrt({stack.dim})",
-                    )
-                )
+                found.append(sqrt_rescale(prefix + "g", stack.dim, up=False, label="g"))
     return found
