@@ -22,6 +22,16 @@ import torch
 import torch.nn.functional as F
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# size options left unset: (CPU value, CUDA value)
+SIZES = {"dim": (256, 1024), "depth": (4, 12), "heads": (4, 16), "seq": (512, 2048), "batch": (4, 8)}
+
+
+def fill_defaults(args: argparse.Namespace, cuda: bool) -> torch.dtype:
+    """Set every size option (and `repeat`, where the script has it) left unset; return the dtype."""
+    for name, (cpu_value, cuda_value) in {**SIZES, "repeat": (7, 20)}.items():
+        if hasattr(args, name) and getattr(args, name) is None:
+            setattr(args, name, cuda_value if cuda else cpu_value)
+    return DTYPES[args.dtype or ("bf16" if cuda else "fp32")]
 
 
 def spec_for(args: argparse.Namespace) -> dict:
@@ -73,17 +83,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    for name, cpu_value, cuda_value in (
-        ("dim", 256, 1024),
-        ("depth", 4, 12),
-        ("heads", 4, 16),
-        ("seq", 512, 2048),
-        ("batch", 4, 8),
-        ("repeat", 7, 20),
-    ):
-        if getattr(args, name) is None:
-            setattr(args, name, cuda_value if cuda else cpu_value)
-    dtype = DTYPES[args.dtype or ("bf16" if cuda else "fp32")]
+    dtype = fill_defaults(args, cuda)
     if args.threads:
         torch.set_num_threads(args.threads)
 

@@ -14,7 +14,7 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-from bench_forward import DTYPES, reference_model, spec_for
+from bench_forward import DTYPES, fill_defaults, reference_model, spec_for
 from torch.profiler import ProfilerActivity, profile
 
 
@@ -37,16 +37,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    for name, cpu_value, cuda_value in (
-        ("dim", 256, 1024),
-        ("depth", 4, 12),
-        ("heads", 4, 16),
-        ("seq", 512, 2048),
-        ("batch", 4, 8),
-    ):
-        if getattr(args, name) is None:
-            setattr(args, name, cuda_value if cuda else cpu_value)
-    dtype = DTYPES[args.dtype or ("bf16" if cuda else "fp32")]
+    dtype = fill_defaults(args, cuda)
 
     import xtf_core
 
