@@ -114,3 +114,26 @@ def test_non_strict_load_is_torch_s_own() -> None:
     result = model.load_state_dict({"final_norm.gamma": torch.zeros(8)}, strict=False)
     assert "layers.0.1.to_q.weight" in result.missing_keys
     assert torch.equal(model.final_norm.gamma, torch.zeros(8))
+
+
+def test_a_stamped_file_never_goes_through_era_detection(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stamped file's tensors are in the layout its stamp names: a mismatch is an error, not a guess."""
+    import xtf_converters.plain_state as plain_state
+    from xtf_core.checkpoint.header import read_checkpoint_headers
+    from xtf_core.checkpoint.writer import write_tensors
+    from xtf_core.loading import read_tensors
+
+    def never(*args, **kwargs):
+        raise AssertionError("a stamped file must not go through era detection")
+
+    monkeypatch.setattr(plain_state, "migrate_plain_state_dict", never)
+    spec = {"class": "Encoder", "dim": 8, "depth": 1, "heads": 2}
+    path = tmp_path / "m.safetensors"
+    xtf_core.save(xtf_core.build(spec), path)
+    headers = read_checkpoint_headers(path)
+    tensors = read_tensors(headers)
+    tensors["stray.weight"] = torch.zeros(2)
+    broken = tmp_path / "broken.safetensors"
+    write_tensors(broken, {k: v.clone() for k, v in tensors.items()}, headers.metadata)
+    with pytest.raises(StateDictMismatchError, match="stray.weight"):
+        xtf_core.load(broken)

@@ -243,7 +243,9 @@ def build_with_state(spec: Mapping[str, Any], tensors: Mapping[str, Tensor], whe
     check_spec_fits(spec, {name: tuple(t.shape) for name, t in tensors.items()}, where)
     model = build_spec_on_meta(spec, where)
     try:
-        model.load_state_dict(dict(tensors), strict=True, assign=True)
+        # torch's own load: the stamp already says which layout these tensors are in, so the era detection
+        # a model's load_state_dict offers for plain x-transformers dicts must not run here
+        nn.Module.load_state_dict(model, dict(tensors), strict=True, assign=True)
     except Exception:  # torch's error, or a legacy-layout hint: name the first difference instead
         check_state(model, tensors, where)
         raise
