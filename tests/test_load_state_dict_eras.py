@@ -123,10 +123,13 @@ def test_a_stamped_file_never_goes_through_era_detection(tmp_path, monkeypatch: 
     from xtf_core.checkpoint.writer import write_tensors
     from xtf_core.loading import read_tensors
 
-    def never(*args, **kwargs):
-        raise AssertionError("a stamped file must not go through era detection")
+    calls: list[object] = []
 
-    monkeypatch.setattr(plain_state, "migrate_plain_state_dict", never)
+    def recorded(*args, **kwargs):
+        calls.append(args)
+        raise StateDictMismatchError("era detection ran")
+
+    monkeypatch.setattr(plain_state, "migrate_plain_state_dict", recorded)
     spec = {"class": "Encoder", "dim": 8, "depth": 1, "heads": 2}
     path = tmp_path / "m.safetensors"
     xtf_core.save(xtf_core.build(spec), path)
@@ -137,3 +140,4 @@ def test_a_stamped_file_never_goes_through_era_detection(tmp_path, monkeypatch: 
     write_tensors(broken, {k: v.clone() for k, v in tensors.items()}, headers.metadata)
     with pytest.raises(StateDictMismatchError, match="stray.weight"):
         xtf_core.load(broken)
+    assert calls == []
