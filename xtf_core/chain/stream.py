@@ -8,7 +8,6 @@ memory is about the largest tensor a step decodes; renamed or re-keyed tensors a
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 from collections.abc import Callable
@@ -18,7 +17,7 @@ from pathlib import Path
 from xtf_core.chain.graph import Chain
 from xtf_core.chain.plan import FilePlan, plan_file
 from xtf_core.chain.tensors import Computed, Realiser, StoredBytes, TensorNode, check_drops
-from xtf_core.checkpoint.atomic import atomic_file, atomic_folder, backup_for_rewrite, is_temp_leftover
+from xtf_core.checkpoint.atomic import atomic_folder, backup_for_rewrite, is_temp_leftover
 from xtf_core.checkpoint.header import DTYPE_SIZES, resolve_checkpoint_path
 from xtf_core.checkpoint.io import (
     copy_range,
@@ -30,7 +29,7 @@ from xtf_core.checkpoint.io import (
 )
 from xtf_core.checkpoint.source import OpenedCheckpoint, open_checkpoint
 from xtf_core.checkpoint.stamp import Stamp
-from xtf_core.checkpoint.writer import safetensors_file
+from xtf_core.checkpoint.writer import safetensors_file, write_index
 from xtf_core.errors import MigrationError
 
 Progress = Callable[[int], None]
@@ -226,11 +225,10 @@ def _write_sharded(
             shard_metadata = {**headers.shards[shard].metadata, **plan.metadata}
             with safetensors_file(folder / shard, _entries(tensors), shard_metadata) as fd:
                 _write_tensors(fd, tensors, source_fds, realise, progress)
-        index_metadata = {**index.metadata, **plan.metadata, "total_size": plan.output_bytes}
         weight_map = {name: shard for shard, tensors in plan.outputs.items() for name in tensors}
-        document = {"metadata": index_metadata, "weight_map": dict(sorted(weight_map.items()))}
-        with atomic_file(folder / index.path.name) as fd:
-            write_all(fd, (json.dumps(document, indent=2) + "\n").encode("utf-8"))
+        write_index(
+            folder / index.path.name, {**index.metadata, **plan.metadata}, weight_map, plan.output_bytes
+        )
         for other in sorted(headers.folder.iterdir()):
             if other.is_file() and other.name not in skipped and not is_temp_leftover(other):
                 shutil.copy2(other, folder / other.name)

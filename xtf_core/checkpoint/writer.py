@@ -1,19 +1,24 @@
-"""Writes a safetensors file: its header, then each tensor's data in header order, atomically.
+"""Writes safetensors files and sharded indexes: every one xtf itself makes is written here.
 
-Every stamped file xtf writes goes through `safetensors_file` (save, convert, migrate, consolidate): the
-file appears whole under its name or not at all. The distributed save lays out the same header
-(`encode_header`) and lets each rank fill its own byte ranges.
+`safetensors_file` writes a whole file atomically (save, convert, migrate, consolidate): the file appears
+under its name whole or not at all. The distributed save (`xtf_core/distributed/storage.py`) lays the same
+header out with `presized_file`, which sizes the file for its data so that each rank `pwrite`s its own
+byte ranges in place. `write_index` writes a sharded folder's `model.safetensors.index.json` (migrate and
+the distributed save).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from xtf_core.checkpoint.atomic import atomic_file
-from xtf_core.checkpoint.header import encode_header
+from xtf_core.checkpoint.header import DTYPE_SIZES, encode_header
 from xtf_core.checkpoint.io import dtype_code, tensor_bytes, write_all
 
 if TYPE_CHECKING:
@@ -31,6 +36,55 @@ def safetensors_file(
     with atomic_file(path) as fd:
         write_all(fd, encode_header(entries, metadata))
         yield fd
+
+
+def presized_file(
+    path: str | os.PathLike[str],
+    entries: Iterable[tuple[str, str, tuple[int, ...]]],
+    metadata: Mapping[str, str],
+) -> dict[str, int]:
+    """Create `path` (refused if it exists) with the header for `entries` (name, dtype, shape) and
+    `metadata`, sized for its whole data region, which is left to be filled in place; returns each tensor's
+    absolute offset in the file.
+
+    The data region reads as zeros until written (a sparse file where the filesystem allows). Whoever fills
+    it `pwrite`s each tensor's bytes at its offset and fsyncs. On failure the file is removed.
+    """
+    entries = list(entries)
+    header = encode_header(entries, metadata)
+    offsets: dict[str, int] = {}
+    end = len(header)
+    for name, dtype, shape in entries:
+        offsets[name] = end
+        end += math.prod(shape) * DTYPE_SIZES[dtype]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        written = 0
+        while written < len(header):
+            written += os.pwrite(fd, header[written:], written)
+        os.ftruncate(fd, end)
+    except BaseException:
+        os.close(fd)
+        Path(path).unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    return offsets
+
+
+def write_index(
+    path: str | os.PathLike[str],
+    metadata: Mapping[str, object],
+    weight_map: Mapping[str, str],
+    total_size: int,
+) -> None:
+    """Write a sharded folder's index atomically and durably: `metadata` with `total_size` set, and
+    `weight_map` (tensor name -> shard file name) sorted by name."""
+    document = {
+        "metadata": {**metadata, "total_size": total_size},
+        "weight_map": dict(sorted(weight_map.items())),
+    }
+    with atomic_file(Path(path)) as fd:
+        write_all(fd, (json.dumps(document, indent=2) + "\n").encode("utf-8"))
 
 
 def write_tensors(

@@ -8,7 +8,6 @@ the collectives between ranks). Neither class pickles or unpickles anything.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import shutil
@@ -33,8 +32,9 @@ from torch.distributed.checkpoint.storage import StorageReader, StorageWriter, W
 from torch.futures import Future
 
 from xtf_core.checkpoint.atomic import fsync_dir, temp_sibling
-from xtf_core.checkpoint.header import DTYPE_SIZES, INDEX_FILENAME, encode_header
+from xtf_core.checkpoint.header import DTYPE_SIZES, INDEX_FILENAME
 from xtf_core.checkpoint.io import dtype_code, tensor_bytes, torch_dtype
+from xtf_core.checkpoint.writer import presized_file, write_index
 from xtf_core.errors import CheckpointFormatError, MigrationError
 
 from .slices import LoadPlan as XtfLoadPlan
@@ -170,7 +170,8 @@ class StampedWriter(StorageWriter):
         ]
 
     def _create_files(self, tensors: dict[str, tuple[str, tuple[int, ...]]]) -> dict[str, _Placement]:
-        """Assign tensors to shards, write each shard's header and size it; returns every tensor's placement."""
+        """Assign tensors to shards and create each one sized for its data (`presized_file`); returns every
+        tensor's placement."""
         groups: list[list[str]] = [[]]
         size = 0
         for name in sorted(tensors):
@@ -181,25 +182,17 @@ class StampedWriter(StorageWriter):
                 size = 0
             groups[-1].append(name)
             size += nbytes
+            self._total += nbytes
         self.temp = temp_sibling(self.folder)
         self.temp.mkdir()
         placements: dict[str, _Placement] = {}
         for number, names in enumerate(groups, start=1):
             shard = f"model-{number:05d}-of-{len(groups):05d}.safetensors"
-            header = encode_header(((n, *tensors[n]) for n in names), self.metadata)
-            offset = len(header)
+            offsets = presized_file(self.temp / shard, ((n, *tensors[n]) for n in names), self.metadata)
             for name in names:
                 dtype, shape = tensors[name]
-                placements[name] = _Placement(shard, offset, shape, dtype)
+                placements[name] = _Placement(shard, offsets[name], shape, dtype)
                 self._weight_map[name] = shard
-                offset += math.prod(shape) * DTYPE_SIZES[dtype]
-            self._total += offset - len(header)
-            fd = os.open(self.temp / shard, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                os.pwrite(fd, header, 0)
-                os.ftruncate(fd, offset)
-            finally:
-                os.close(fd)
         return placements
 
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
@@ -233,18 +226,7 @@ class StampedWriter(StorageWriter):
 
     def finish(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
         assert self.temp is not None
-        index = {
-            "metadata": {**self.metadata, "total_size": self._total},
-            "weight_map": dict(sorted(self._weight_map.items())),
-        }
-        index_path = self.temp / INDEX_FILENAME
-        fd = os.open(index_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            os.write(fd, (json.dumps(index, indent=2) + "\n").encode("utf-8"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        fsync_dir(self.temp)
+        write_index(self.temp / INDEX_FILENAME, self.metadata, self._weight_map, self._total)
         if self.folder.exists():
             raise MigrationError(
                 f"output {self.folder} appeared while saving; the checkpoint is left at {self.temp}"
