@@ -1,9 +1,11 @@
 """A plain x-transformers state dict of any era, loaded into a model built now: find its era, migrate it.
 
 `model.load_state_dict(old_state_dict)` on an xtf model lands here when the names differ from the model's
-own. The era is found as `xtf convert --from x-transformers` finds it (the chain's layout at each era,
-compared with the dict's names and shapes); the dict is migrated when exactly one function fits the model
-as it was built, and refused otherwise, naming the candidate releases and the command that resolves it.
+own: the model core finds `migrate_plain_state_dict` as the plug-in of entry point group `xtf.plain_state`
+(pyproject.toml) and never imports this module by name. The era is found as
+`xtf convert --from x-transformers` finds it (the chain's layout at each era, compared with the dict's names
+and shapes); the dict is migrated when exactly one function fits the model as it was built, and refused
+otherwise, naming the candidate releases and the command that resolves it.
 """
 
 from __future__ import annotations

@@ -13,10 +13,11 @@ import torch
 from legacy_fixtures import all_fixtures
 
 import xtf_core
-from xtf_converters.plain_state import EraMismatchError
+from xtf_converters.plain_state import EraMismatchError, migrate_plain_state_dict
 from xtf_core.chain import default_chain
 from xtf_core.checkpoint.stamp import Stamp
-from xtf_core.errors import StateDictMismatchError
+from xtf_core.errors import StateDictMismatchError, XtfError
+from xtf_core.model import spec_record
 
 TOLERANCE = 1e-4
 CHAIN = default_chain()
@@ -75,12 +76,10 @@ def _era(fixture):
 
 
 def test_current_layout_loads_as_before_without_era_detection(monkeypatch: pytest.MonkeyPatch) -> None:
-    import xtf_converters.plain_state as plain_state
-
     def never(*args, **kwargs):
         raise AssertionError("a dict in the current layout must not go through era detection")
 
-    monkeypatch.setattr(plain_state, "migrate_plain_state_dict", never)
+    monkeypatch.setattr(spec_record, "plain_state_migrator", lambda: never)
     spec = {
         "class": "TransformerWrapper",
         "num_tokens": 16,
@@ -118,7 +117,6 @@ def test_non_strict_load_is_torch_s_own() -> None:
 
 def test_a_stamped_file_never_goes_through_era_detection(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A stamped file's tensors are in the layout its stamp names: a mismatch is an error, not a guess."""
-    import xtf_converters.plain_state as plain_state
     from xtf_core.checkpoint.header import read_checkpoint_headers
     from xtf_core.checkpoint.writer import write_tensors
     from xtf_core.loading import read_tensors
@@ -129,7 +127,7 @@ def test_a_stamped_file_never_goes_through_era_detection(tmp_path, monkeypatch: 
         calls.append(args)
         raise StateDictMismatchError("era detection ran")
 
-    monkeypatch.setattr(plain_state, "migrate_plain_state_dict", recorded)
+    monkeypatch.setattr(spec_record, "plain_state_migrator", lambda: recorded)
     spec = {"class": "Encoder", "dim": 8, "depth": 1, "heads": 2}
     path = tmp_path / "m.safetensors"
     xtf_core.save(xtf_core.build(spec), path)
@@ -141,3 +139,90 @@ def test_a_stamped_file_never_goes_through_era_detection(tmp_path, monkeypatch: 
     with pytest.raises(StateDictMismatchError, match="stray.weight"):
         xtf_core.load(broken)
     assert calls == []
+
+
+# The model core finds the migrator as a plug-in (entry point group `xtf.plain_state`), never by name.
+
+SMALL = {
+    "class": "TransformerWrapper",
+    "num_tokens": 16,
+    "max_seq_len": 8,
+    "attn_layers": {"class": "Decoder", "dim": 8, "depth": 1, "heads": 2},
+}
+
+
+@pytest.fixture
+def fresh_lookup():
+    """The plug-in lookup starts and ends uncached (a test's fake entry points never outlive it)."""
+    spec_record.plain_state_migrator.cache_clear()
+    yield
+    spec_record.plain_state_migrator.cache_clear()
+
+
+def _entry_points(*values: str):
+    from importlib.metadata import EntryPoint
+
+    points = [
+        EntryPoint(f"plugin{i}", value, spec_record.PLAIN_STATE_GROUP) for i, value in enumerate(values)
+    ]
+    calls: list[str] = []
+
+    def entry_points(*, group: str):
+        calls.append(group)
+        return [p for p in points if p.group == group]
+
+    return entry_points, calls
+
+
+def _renamed(model) -> dict[str, torch.Tensor]:
+    """The model's own tensors, one of them under a name of no release: a strict load must not take it."""
+    state = dict(model.state_dict())
+    state["extra.weight"] = torch.zeros(3)
+    return state
+
+
+def test_the_installed_plugin_is_xtf_s_migrator(fresh_lookup) -> None:
+    from importlib.metadata import entry_points
+
+    (point,) = entry_points(group=spec_record.PLAIN_STATE_GROUP)
+    assert point.value == "xtf_converters.plain_state:migrate_plain_state_dict"
+    assert spec_record.plain_state_migrator() is migrate_plain_state_dict
+
+
+def test_a_load_in_the_model_s_layout_never_reads_entry_points(fresh_lookup, monkeypatch) -> None:
+    def refuse(**kwargs):
+        raise AssertionError("the fast path must not look up plug-ins")
+
+    monkeypatch.setattr(spec_record, "entry_points", refuse)
+    source, target = xtf_core.build(SMALL), xtf_core.build(SMALL)
+    target.load_state_dict(source.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), target.state_dict().values()))
+
+
+def test_without_a_plugin_a_mismatch_is_torch_s_strict_error(fresh_lookup, monkeypatch) -> None:
+    entry_points, _ = _entry_points()
+    monkeypatch.setattr(spec_record, "entry_points", entry_points)
+    model = xtf_core.build(SMALL)
+    with pytest.raises(RuntimeError, match=r"Unexpected key\(s\) in state_dict: \"extra.weight\"") as caught:
+        model.load_state_dict(_renamed(model))
+    assert not isinstance(caught.value, XtfError)
+
+
+def test_the_plugin_is_looked_up_once_and_asked_with_the_model_s_spec(fresh_lookup, monkeypatch) -> None:
+    entry_points, calls = _entry_points("xtf_converters.plain_state:migrate_plain_state_dict")
+    monkeypatch.setattr(spec_record, "entry_points", entry_points)
+    model = xtf_core.build(SMALL)
+    for _ in range(2):
+        with pytest.raises(StateDictMismatchError, match="state dict for TransformerWrapper: .*extra.weight"):
+            model.load_state_dict(_renamed(model))
+    assert calls == [spec_record.PLAIN_STATE_GROUP]
+
+
+def test_two_plugins_are_refused_naming_both(fresh_lookup, monkeypatch) -> None:
+    entry_points, _ = _entry_points(
+        "xtf_converters.plain_state:migrate_plain_state_dict", "xtf_converters.plain_state:_same"
+    )
+    monkeypatch.setattr(spec_record, "entry_points", entry_points)
+    model = xtf_core.build(SMALL)
+    with pytest.raises(XtfError, match=r"several plain state dict migrators .*plugin0 = .*plugin1 = "):
+        model.load_state_dict(_renamed(model))

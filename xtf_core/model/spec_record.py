@@ -1,13 +1,45 @@
-"""Each core module remembers the constructor call that built it, as a JSON-ready spec."""
+"""Each core module remembers the constructor call that built it, as a JSON-ready spec.
+
+It also defines the one hook through which a plain state dict of another era reaches a model: the core
+knows no history, so the migrator is a plug-in found by entry point group `xtf.plain_state` (xtf's own is
+`xtf_converters.plain_state:migrate_plain_state_dict`, declared in pyproject.toml), never imported by name.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
+from importlib.metadata import entry_points
 from typing import Any
 
 from torch import nn
 
-from ..errors import SpecError
+from ..errors import SpecError, XtfError
+
+PLAIN_STATE_GROUP = "xtf.plain_state"
+
+PlainStateMigrator = Callable[[dict[str, Any], Mapping[str, Any], str], dict[str, Any]]
+"""`(spec, state_dict, where) -> state_dict`: a whole-model plain state dict of some era, in the layout of
+the model built from `spec` now; raises `StateDictMismatchError` (naming `where`) when it cannot."""
+
+
+@functools.cache
+def plain_state_migrator() -> PlainStateMigrator | None:
+    """The installed plug-in of group `xtf.plain_state`, loaded once; None when none is installed.
+
+    Asked only when a strict load's names or shapes differ from the model's own, so an ordinary load never
+    reads package metadata. Two plug-ins are refused rather than one picked by chance.
+    """
+    found = sorted(entry_points(group=PLAIN_STATE_GROUP), key=lambda point: point.name)
+    if not found:
+        return None
+    if len(found) > 1:
+        named = ", ".join(f"{point.name} = {point.value}" for point in found)
+        raise XtfError(
+            f"several plain state dict migrators are installed (entry point group {PLAIN_STATE_GROUP!r}: "
+            f"{named}); uninstall all but one"
+        )
+    return found[0].load()
 
 
 def to_spec_value(owner: str, key: str, value: Any) -> Any:
@@ -48,8 +80,10 @@ class SpecRecorder:
         """`nn.Module.load_state_dict`; a whole-model x-transformers state dict of another era is migrated.
 
         When the names are the model's own, this is torch's load, at torch's cost. Otherwise (strict loads
-        only) the dict's era is found from its names and shapes and it is migrated to this model's layout,
-        or refused naming the candidate releases and the `xtf convert` command that resolves it.
+        only) the installed `xtf.plain_state` plug-in migrates it: xtf's finds the dict's era from its names
+        and shapes and migrates it to this model's layout, or refuses naming the candidate releases and the
+        `xtf convert` command that resolves it. With no plug-in installed, torch's strict load reports the
+        mismatch.
         """
         load = super().load_state_dict  # type: ignore[misc]
         own = self.state_dict(keep_vars=True)  # type: ignore[attr-defined]
@@ -58,10 +92,11 @@ class SpecRecorder:
             and all(getattr(t, "shape", None) == own[k].shape for k, t in state_dict.items())
         ):
             return load(state_dict, strict=strict, assign=assign)
-        # the model core knows no history: the converter for plain x-transformers dicts is asked, on demand
-        from xtf_converters.plain_state import migrate_plain_state_dict
-
-        migrated = migrate_plain_state_dict(self.spec(), state_dict, f"state dict for {type(self).__name__}")
+        # the model core knows no history: the installed migrator (a plug-in) is asked, on demand
+        migrate = plain_state_migrator()
+        if migrate is None:
+            return load(state_dict, strict=strict, assign=assign)
+        migrated = migrate(self.spec(), state_dict, f"state dict for {type(self).__name__}")
         return load(migrated, strict=strict, assign=assign)
 
 
