@@ -7,8 +7,8 @@ Kept exact by permuting, inside every head, the query/key rows: old rotary featu
 
 from xtf_core.chain import ValueTransform
 
+from ._rotary import permutation, permute
 from ._xt import stacks
-from .xt_1_30_1_rotary_interleaved import _permutation, _permute
 
 revision = "x-transformers==0.11.2"
 down_revision = "x-transformers==0.9.0"
@@ -21,14 +21,14 @@ def ops(spec: dict) -> list:
         if not stack.rotary:
             continue
         dim_head = stack.dim_head
-        to_halves, to_pairs = _permutation(dim_head, dim_head, True), _permutation(dim_head, dim_head, False)
+        to_halves, to_pairs = permutation(dim_head, dim_head, True), permutation(dim_head, dim_head, False)
         for index, layer_type in enumerate(stack.layer_types):
             if layer_type == "a":
                 found += [
                     ValueTransform(
                         f"{stack.branch(index)}{name}",
-                        _permute(0, dim_head, to_halves),
-                        _permute(0, dim_head, to_pairs),
+                        permute(0, dim_head, to_halves),
+                        permute(0, dim_head, to_pairs),
                         False,
                         "rotary pairs -> halves",
                     )

@@ -9,38 +9,12 @@ Released upstream in x-transformers 1.30.1, commit 992ab09c7b3b (lucidrains/x-tr
 from xtf_core.chain import ValueTransform
 from xtf_core.errors import MigrationError
 
+from ._rotary import permutation, permute
 from ._xt import stacks
 
 revision = "x-transformers==1.30.1"
 down_revision = "x-transformers==1.27.20"
 reversible = True
-
-
-def _permutation(dim_head: int, rot: int, inverse: bool) -> list[int]:
-    """Index map within one head: new[j] = old[perm[j]]."""
-    perm = list(range(dim_head))
-    half = rot // 2
-    for i in range(half):
-        perm[2 * i], perm[2 * i + 1] = i, i + half
-    if inverse:
-        inv = [0] * dim_head
-        for j, src in enumerate(perm):
-            inv[src] = j
-        return inv
-    return perm
-
-
-def _permute(dim: int, dim_head: int, perm: list[int]):
-    def apply(tensor):
-        import torch
-
-        index = torch.tensor(perm, device=tensor.device)
-        moved = tensor.movedim(dim, 0)
-        heads = moved.shape[0] // dim_head
-        moved = moved.reshape(heads, dim_head, *moved.shape[1:]).index_select(1, index)
-        return moved.reshape(heads * dim_head, *moved.shape[2:]).movedim(0, dim).contiguous()
-
-    return apply
 
 
 def ops(spec: dict) -> list:
@@ -54,7 +28,7 @@ def ops(spec: dict) -> list:
             )
         dim_head = stack.dim_head
         rot = stack.rotary_dim
-        fwd, bwd = _permutation(dim_head, rot, False), _permutation(dim_head, rot, True)
+        fwd, bwd = permutation(dim_head, rot, False), permutation(dim_head, rot, True)
         # (tensor, the dim whose features are per-head rotary features) in each self-attention block
         targets = [("to_q.weight", 0), ("to_k.weight", 0)]
         if stack.get("xtf_rotary_values"):
@@ -70,8 +44,8 @@ def ops(spec: dict) -> list:
                 found.append(
                     ValueTransform(
                         f"{stack.branch(index)}{name}",
-                        _permute(dim, dim_head, fwd),
-                        _permute(dim, dim_head, bwd),
+                        permute(dim, dim_head, fwd),
+                        permute(dim, dim_head, bwd),
                         False,
                         "interleave rotary features",
                     )
