@@ -25,9 +25,7 @@ The rules:
 (c) inside xtf_core, the layers of `CORE_LAYERS`: a module imports only modules of its own group (module or
     subpackage) and of lower layers, never a higher layer nor a sibling group of its own layer.
 
-Violations known and not fixed yet are listed in KNOWN_VIOLATIONS with the reason; the rule tests leave
-out exactly those (and fail if one disappears, so the list shrinks with the fix), and
-`test_known_violations_are_fixed` reports them as an expected failure until they are.
+There are no exceptions: a violation is fixed, not listed.
 """
 
 from __future__ import annotations
@@ -37,8 +35,6 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import pytest
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -64,21 +60,6 @@ CORE_LAYERS: tuple[tuple[str, ...], ...] = (
 
 # What a migration module may import from xtf_core: op values, the step declaration, the errors.
 MIGRATION_CORE_IMPORTS = ("xtf_core.chain.ops", "xtf_core.chain.step", "xtf_core.errors")
-
-# (importer, imported module) -> why it is not fixed yet. Printed (with the lines) by
-# test_known_violations_are_fixed; a known edge is left out of the rule tests and of the cycle search.
-KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
-    ("xtf_migrations.xt_0_11_2_rotary_halves", "xtf_migrations.xt_1_30_1_rotary_interleaved"): (
-        "a step imports another step's private `_permutation`/`_permute`; the fix (move them to a `_rotary` "
-        "helper) edits two released step files, which changes their chain checksums, so every lockfile "
-        "pinning them would report the steps as edited"
-    ),
-    ("xtf_core.checkpoint.header", "xtf_core.checkpoint.stamp"): (
-        "cycle header <-> stamp: stamp reads CheckpointHeaders and header.strict_json, and header's "
-        "`read_checkpoint_headers` calls stamp's `check_shard_stamps` (lazy import); the fix moves the shard "
-        "stamp check out of header.py (into a reader above both), changing where every verb's headers come from"
-    ),
-}
 
 
 @dataclass(frozen=True)
@@ -363,24 +344,14 @@ def _found(rule) -> dict[Edge, str]:
     return {e: f"{e}: {why}" for e in _counted(EDGES) if (why := rule(e))}
 
 
-def _known(edge: Edge) -> bool:
-    return (edge.importer, edge.imported) in KNOWN_VIOLATIONS
-
-
 def _unexpected(found: dict[Edge, str]) -> list[str]:
-    return [message for edge, message in sorted(found.items(), key=lambda i: i[1]) if not _known(edge)]
-
-
-def _cycle_edges(edges: list[Edge]) -> list[Edge]:
-    """The edges that run inside a cycle."""
-    member = {name: i for i, component in enumerate(_strongly_connected(_graph(edges))) for name in component}
-    return [e for e in edges if e.importer in member and member[e.importer] == member.get(e.imported)]
+    return sorted(found.values())
 
 
 def test_the_reader_sees_every_kind_of_import() -> None:
     """The walk finds what the rules rely on (so an empty list of violations means something)."""
     by_importer = {(e.importer, e.imported, e.how) for e in EDGES}
-    assert ("xtf_core.checkpoint.stamp", "xtf_core.checkpoint.header", "TYPE_CHECKING") in by_importer
+    assert ("xtf_core.loading", "xtf_core.lockfile.enforce", "TYPE_CHECKING") in by_importer
     assert ("xtf_core.loading", "xtf_core.chain.memory", "lazy") in by_importer
     assert ("xtf_core.model.blocks", "xtf_core.model.attention", "module level") in by_importer
     # `from xtf_core.chain import Rename` is an import of the module the lazy table loads
@@ -407,8 +378,7 @@ def test_packages_import_only_downwards() -> None:
 
 def test_no_import_cycles() -> None:
     """(b): module-level, lazy and TYPE_CHECKING imports together form no cycle."""
-    edges = [e for e in _counted(EDGES) if not _known(e)]
-    cycles = _strongly_connected(_graph(edges))
+    cycles = _strongly_connected(_graph(_counted(EDGES)))
     assert not cycles, "import cycles (strongly connected modules):\n" + "\n".join(
         " <-> ".join(component) for component in cycles
     )
@@ -436,26 +406,3 @@ def test_the_rules_catch_upward_imports() -> None:
     assert _layer_violation(Edge("xtf_core.model.layers", 1, "xtf_core.checkpoint.stamp", "lazy"))
     assert _layer_violation(Edge("xtf_core.errors", 1, "xtf_core.chain.graph", "lazy"))
     assert not _layer_violation(Edge("xtf_core.loading", 1, "xtf_core.chain.memory", "lazy"))
-
-
-def test_known_violations_are_still_there() -> None:
-    """A fixed violation leaves KNOWN_VIOLATIONS in the same change."""
-    flagged = [*_found(_package_violations), *_found(_layer_violation), *_cycle_edges(_counted(EDGES))]
-    gone = sorted(set(KNOWN_VIOLATIONS) - {(e.importer, e.imported) for e in flagged})
-    assert not gone, f"no longer found, remove from KNOWN_VIOLATIONS: {gone}"
-
-
-@pytest.mark.xfail(
-    bool(KNOWN_VIOLATIONS),
-    reason="known import-direction violations: "
-    + "; ".join(f"{importer} imports {imported}" for importer, imported in KNOWN_VIOLATIONS),
-    strict=True,
-)
-def test_known_violations_are_fixed() -> None:
-    lines = [
-        f"{edge}: {KNOWN_VIOLATIONS[edge.importer, edge.imported]}"
-        for edge in _counted(EDGES)
-        if _known(edge)
-    ]
-    print("\n".join(lines))
-    assert not lines, "known import-direction violations:\n" + "\n".join(lines)

@@ -7,6 +7,7 @@ anything (see docs/checkpoint-format.md).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -14,10 +15,19 @@ import re
 import stat
 import struct
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
-from xtf_core.errors import CheckpointFormatError, XtfError, bounded
+from xtf_core.checkpoint.keys import (
+    DEFAULT_LINEAGE,
+    KEY_LINEAGE,
+    KEY_STAMP_FORMAT,
+    KEY_VERSION,
+    MAX_VERSION_CHARS,
+    STAMP_FORMAT,
+    is_stamped,
+)
+from xtf_core.errors import CheckpointFormatError, XtfError, bounded, cut
 
 INDEX_FILENAME = "model.safetensors.index.json"
 SINGLE_FILENAME = "model.safetensors"
@@ -49,8 +59,9 @@ DTYPE_SIZES: dict[str, int] = {
 }
 
 
-@dataclass(frozen=True)
-class TensorEntry:
+# Value types are named tuples, not dataclasses: importing `dataclasses` (which imports `inspect`) would
+# cost the header-only `xtf inspect` a sixth of its start-up.
+class TensorEntry(NamedTuple):
     """One tensor of a safetensors file: dtype, shape and its byte range inside the data region."""
 
     name: str
@@ -64,8 +75,7 @@ class TensorEntry:
         return self.end - self.begin
 
 
-@dataclass(frozen=True)
-class Header:
+class Header(NamedTuple):
     """A validated safetensors header. `tensors` is ordered by data offset."""
 
     path: Path
@@ -83,8 +93,7 @@ class Header:
         return sum(entry.nbytes for entry in self.tensors.values())
 
 
-@dataclass(frozen=True)
-class ShardedIndex:
+class ShardedIndex(NamedTuple):
     """A `model.safetensors.index.json`: shared metadata and which shard holds each tensor."""
 
     path: Path
@@ -96,8 +105,7 @@ class ShardedIndex:
         return sorted(set(self.weight_map.values()))
 
 
-@dataclass(frozen=True)
-class CheckpointHeaders:
+class CheckpointHeaders(NamedTuple):
     """Every header of a checkpoint: one file, or a sharded folder with its index."""
 
     path: Path
@@ -515,8 +523,6 @@ def read_checkpoint_headers(path: str | os.PathLike) -> CheckpointHeaders:
     A sharded folder whose shards carry different stamps (or one that differs from the index's) is refused
     here, so every reader of a checkpoint refuses it the same way.
     """
-    from xtf_core.checkpoint.stamp import check_shard_stamps
-
     path = resolve_checkpoint_path(path)
     if not is_index_path(path):
         header = read_header(path)
@@ -541,6 +547,61 @@ def read_checkpoint_headers(path: str | os.PathLike) -> CheckpointHeaders:
     headers = CheckpointHeaders(path=path, shards=shards, index=index)
     check_shard_stamps(headers)
     return headers
+
+
+def check_shard_stamps(headers: CheckpointHeaders) -> None:
+    """A sharded checkpoint's index and every shard must carry the same stamp (or all none).
+
+    Called by `read_checkpoint_headers`, so every verb and `load` refuse a folder mixing shards of
+    different checkpoints the same way. The identity is read from the metadata keys alone (no stamp is
+    parsed here: that is `stamp.py`'s job, one level up).
+    """
+    if headers.index is None:
+        return
+    where = str(headers.path)
+    seen: dict[object, list[str]] = {}
+    index_metadata = {k: v for k, v in headers.index.metadata.items() if isinstance(v, str)}
+    for name, metadata in [(headers.path.name, index_metadata)] + [
+        (name, header.metadata) for name, header in headers.shards.items()
+    ]:
+        seen.setdefault(_stamp_identity(metadata), []).append(name)
+    if len(seen) > 1:
+        parts = [
+            f"{_describe_identity(identity)} in {', '.join(cut(n, 80) for n in names[:3])}"
+            + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
+            for identity, names in list(seen.items())[:4]
+        ]
+        raise CheckpointFormatError(
+            f"{where}: shards carry different stamps ({'; '.join(parts)}); the folder mixes shards of "
+            "different checkpoints"
+        )
+
+
+def _stamp_identity(metadata: Mapping[str, str]) -> object:
+    """What must agree between shards: stamp format, lineage and (normalised) version; None if unstamped."""
+    if not is_stamped(metadata):
+        return None
+    from packaging.version import (  # sharded folders only; `xtf inspect` of a file skips it
+        InvalidVersion,
+        Version,
+    )
+
+    version = metadata.get(KEY_VERSION)
+    if isinstance(version, str) and len(version) <= MAX_VERSION_CHARS:
+        with contextlib.suppress(InvalidVersion):
+            version = str(Version(version))
+    return (
+        metadata.get(KEY_STAMP_FORMAT, STAMP_FORMAT),
+        metadata.get(KEY_LINEAGE, DEFAULT_LINEAGE),
+        version,
+    )
+
+
+def _describe_identity(identity: object) -> str:
+    if identity is None:
+        return "no stamp"
+    _, lineage, version = identity  # type: ignore[misc]
+    return f"{cut(str(lineage), 40)}=={cut(str(version), 40) if version is not None else '(no version)'}"
 
 
 def encode_header(entries: Iterable[tuple[str, str, tuple[int, ...]]], metadata: Mapping[str, str]) -> bytes:

@@ -28,7 +28,8 @@ from xtf_core.checkpoint.header import (
     open_regular,
     read_checkpoint_headers,
 )
-from xtf_core.checkpoint.stamp import Stamp, is_stamped, read_checkpoint_stamp, read_tied
+from xtf_core.checkpoint.keys import is_stamped
+from xtf_core.checkpoint.stamp import Stamp, read_checkpoint_stamp, read_tied
 from xtf_core.errors import CheckpointFormatError
 
 if TYPE_CHECKING:

@@ -7,36 +7,32 @@ release, so converted legacy checkpoints sit at the old end of one ordered line.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from packaging.version import InvalidVersion, Version
 
-from xtf_core.errors import CheckpointFormatError, VersionError, bounded, cut
-
-if TYPE_CHECKING:
-    from xtf_core.checkpoint.header import CheckpointHeaders
-
-LINEAGES = ("x-transformers", "xtf")
-DEFAULT_LINEAGE = "xtf"
-STAMP_FORMAT = "1"
-
-KEY_FORMAT = "format"
-KEY_STAMP_FORMAT = "xtf.format"
-KEY_LINEAGE = "xtf.lineage"
-KEY_VERSION = "xtf.version"
-KEY_SPEC = "xtf.spec"
-KEY_TIED = "xtf.tied"
-KEY_FINGERPRINT = "xtf.fingerprint"
-KEY_MIGRATIONS = "xtf.migrations"
-KEY_ORIGIN = "xtf.origin"
+from xtf_core.checkpoint.header import CheckpointHeaders, check_shard_stamps, strict_json
+from xtf_core.checkpoint.keys import (  # the keys live below the header reader, which checks them too
+    DEFAULT_LINEAGE,
+    KEY_FINGERPRINT,
+    KEY_FORMAT,
+    KEY_IGNORED,
+    KEY_LINEAGE,
+    KEY_MIGRATIONS,
+    KEY_ORIGIN,
+    KEY_SPEC,
+    KEY_STAMP_FORMAT,
+    KEY_TIED,
+    KEY_VERSION,
+    LINEAGES,
+    MAX_VERSION_CHARS,
+    STAMP_FORMAT,
+)
+from xtf_core.errors import CheckpointFormatError, VersionError, bounded
 
 FINGERPRINT_FORMAT = 1  # the fingerprint record version whose fields read_fingerprint checks
-MAX_VERSION_CHARS = 64
 MAX_KEY_CHARS = 100
 MAX_SPEC_BYTES = 1024 * 1024
 MAX_SPEC_DEPTH = 32
@@ -47,29 +43,41 @@ MAX_METADATA_JSON_DEPTH = 32
 
 
 @functools.total_ordering
-@dataclass(frozen=True, eq=False)
 class Stamp:
-    """A release within a lineage; versions compare as PEP 440 (`0.1` and `0.1.0` are the same stamp)."""
+    """A release within a lineage; versions compare as PEP 440 (`0.1` and `0.1.0` are the same stamp).
 
+    Immutable. A plain class rather than a dataclass, so that header-only tools do not import `dataclasses`.
+    """
+
+    __slots__ = ("lineage", "version")
     lineage: str
     version: str
 
-    def __post_init__(self) -> None:
-        if self.lineage not in LINEAGES:
-            raise VersionError(
-                f"unknown lineage {bounded(self.lineage)} in stamp; known: {', '.join(LINEAGES)}"
-            )
-        if not isinstance(self.version, str) or len(self.version) > MAX_VERSION_CHARS:
-            raise VersionError(
-                f"{bounded(self.version)} is not a PEP 440 version of the {self.lineage} lineage"
-            )
+    def __init__(self, lineage: str, version: str) -> None:
+        if lineage not in LINEAGES:
+            raise VersionError(f"unknown lineage {bounded(lineage)} in stamp; known: {', '.join(LINEAGES)}")
+        if not isinstance(version, str) or len(version) > MAX_VERSION_CHARS:
+            raise VersionError(f"{bounded(version)} is not a PEP 440 version of the {lineage} lineage")
         try:
-            normalised = str(Version(self.version))
+            normalised = str(Version(version))
         except InvalidVersion as exc:
             raise VersionError(
-                f"{bounded(self.version)} is not a PEP 440 version (stamp {self.lineage}=={bounded(self.version)})"
+                f"{bounded(version)} is not a PEP 440 version (stamp {lineage}=={bounded(version)})"
             ) from exc
+        object.__setattr__(self, "lineage", lineage)
         object.__setattr__(self, "version", normalised)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"a Stamp is immutable (cannot set {name!r})")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"a Stamp is immutable (cannot delete {name!r})")
+
+    def __reduce__(self) -> tuple[type[Stamp], tuple[str, str]]:
+        return Stamp, (self.lineage, self.version)
+
+    def __repr__(self) -> str:
+        return f"Stamp(lineage={self.lineage!r}, version={self.version!r})"
 
     @classmethod
     def parse(cls, text: str) -> Stamp:
@@ -123,10 +131,6 @@ def canonical_json(value: object) -> str:
         raise CheckpointFormatError(
             f"cannot store a non-finite number in checkpoint metadata ({exc})"
         ) from exc
-
-
-def is_stamped(metadata: Mapping[str, str]) -> bool:
-    return any(key.startswith("xtf.") for key in metadata)
 
 
 def read_stamp(metadata: Mapping[str, str], where: str) -> Stamp:
@@ -191,55 +195,6 @@ def _check_spec_values(spec: dict, where: str) -> None:
             )
 
 
-def check_shard_stamps(headers: CheckpointHeaders) -> None:
-    """A sharded checkpoint's index and every shard must carry the same stamp (or all none).
-
-    Called by `read_checkpoint_headers`, so every verb and `load` refuse a folder mixing shards of
-    different checkpoints the same way.
-    """
-    if headers.index is None:
-        return
-    where = str(headers.path)
-    seen: dict[object, list[str]] = {}
-    index_metadata = {k: v for k, v in headers.index.metadata.items() if isinstance(v, str)}
-    for name, metadata in [(headers.path.name, index_metadata)] + [
-        (name, header.metadata) for name, header in headers.shards.items()
-    ]:
-        seen.setdefault(_stamp_identity(metadata), []).append(name)
-    if len(seen) > 1:
-        parts = [
-            f"{_describe_identity(identity)} in {', '.join(cut(n, 80) for n in names[:3])}"
-            + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
-            for identity, names in list(seen.items())[:4]
-        ]
-        raise CheckpointFormatError(
-            f"{where}: shards carry different stamps ({'; '.join(parts)}); the folder mixes shards of "
-            "different checkpoints"
-        )
-
-
-def _stamp_identity(metadata: Mapping[str, str]) -> object:
-    """What must agree between shards: stamp format, lineage and (normalised) version; None if unstamped."""
-    if not is_stamped(metadata):
-        return None
-    version = metadata.get(KEY_VERSION)
-    if isinstance(version, str) and len(version) <= MAX_VERSION_CHARS:
-        with contextlib.suppress(InvalidVersion):
-            version = str(Version(version))
-    return (
-        metadata.get(KEY_STAMP_FORMAT, STAMP_FORMAT),
-        metadata.get(KEY_LINEAGE, DEFAULT_LINEAGE),
-        version,
-    )
-
-
-def _describe_identity(identity: object) -> str:
-    if identity is None:
-        return "no stamp"
-    _, lineage, version = identity  # type: ignore[misc]
-    return f"{cut(str(lineage), 40)}=={cut(str(version), 40) if version is not None else '(no version)'}"
-
-
 def read_checkpoint_stamp(headers: CheckpointHeaders) -> tuple[Stamp, dict]:
     """The stamp and spec of a checkpoint (one file or a sharded folder): the one reader every verb and
     `load` use. Shards were already checked to agree with the index by `read_checkpoint_headers`."""
@@ -267,6 +222,29 @@ def read_origin(metadata: Mapping[str, str], where: str) -> dict | None:
             f'{where}: {KEY_ORIGIN} must be a JSON object with string "lineage" and "version"'
         )
     return origin
+
+
+def read_ignored(metadata: Mapping[str, str]) -> list[dict] | str | None:
+    """The options a converted release ignored, as recorded (`None` when not recorded; raw text if not JSON).
+
+    Informational only (nothing is built from it), so a value that is not JSON is shown as it is."""
+    if KEY_IGNORED not in metadata:
+        return None
+    try:
+        return json.loads(metadata[KEY_IGNORED])
+    except json.JSONDecodeError:
+        return metadata[KEY_IGNORED]
+
+
+def describe_ignored(ignored: list[dict] | str) -> str:
+    """`attn_layers.dim_head=64, attn_layers.flash_attn=True`: recorded ignored options, for people."""
+    items = ignored if isinstance(ignored, list) else []
+    text = ", ".join(
+        f"{item.get('at') + '.' if item.get('at') else ''}{item.get('option')}={item.get('value')!r}"
+        for item in items
+        if isinstance(item, dict)
+    )
+    return text or str(ignored)
 
 
 def read_fingerprint(metadata: Mapping[str, str], where: str) -> dict | None:
@@ -314,8 +292,6 @@ def _read_json(
     max_bytes: int = MAX_METADATA_JSON_BYTES,
     max_depth: int = MAX_METADATA_JSON_DEPTH,
 ) -> object:
-    from xtf_core.checkpoint.header import strict_json
-
     if key not in metadata:
         return default
     value = metadata[key]
