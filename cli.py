@@ -1,55 +1,33 @@
-"""The `xtf` command line: parse options, call the library, print. Errors become one line, in one place.
+"""The `xtf` verbs (click): parse options, call the library, print. Errors become one line, in one place.
 
-Exit status: 0 success (also when a reader such as `head` closes the output early), 1 an error (`error: ...`
-on stderr, one line), 2 a usage error (one `error: ...` line too, no usage block), 130 interrupted.
+Exit statuses and the error line are `console.py`'s; the installed command starts in `entry.py`, which
+answers the header-only `xtf inspect` without importing click and hands everything else to `main` here.
 """
 
 from __future__ import annotations
 
-import errno
 import json
-import os
 import sys
-from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
+from xtf_cli.console import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    error,
+    is_closed_pipe,
+    one_line,
+    os_error_text,
+    silence_stdout,
+)
 from xtf_core.errors import XtfError
 
 if TYPE_CHECKING:
     from xtf_core.checkpoint.stamp import Stamp
-
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
-MESSAGE_LIMIT = 2000  # characters of one error line; the library keeps its own messages shorter
-
-
-def _one_line(text: str) -> str:
-    """Whitespace collapsed to single spaces, cut at MESSAGE_LIMIT characters."""
-    line = " ".join(str(text).split())
-    if len(line) > MESSAGE_LIMIT:
-        line = line[: MESSAGE_LIMIT - 1] + "\u2026"
-    return line
-
-
-def _os_error_text(exc: OSError) -> str:
-    reason = exc.strerror or str(exc)
-    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):  # outputs go to a temporary first
-        reason += "; nothing was written there (free some space and retry)"
-    return f"{exc.filename}: {reason}" if exc.filename is not None else reason
-
-
-def _error(text: str) -> None:
-    """Write `error: <text>` as one line on stderr; a closed stderr is not worth a second error."""
-    try:
-        sys.stderr.write(f"error: {_one_line(text)}\n")
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
 
 
 def _usage_text(exc: click.UsageError) -> str:
@@ -57,23 +35,6 @@ def _usage_text(exc: click.UsageError) -> str:
     message = message[:1].lower() + message[1:]
     command = exc.ctx.command_path if exc.ctx is not None else "xtf"
     return f"{message} (see {command} --help)"
-
-
-def _silence_stdout() -> None:
-    """Point stdout at /dev/null so the interpreter's final flush cannot fail on a closed pipe.
-
-    This is what Python's documentation recommends for SIGPIPE: the reader is gone, nothing more is said.
-    """
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError, AttributeError):  # no real descriptor (e.g. a test runner's buffer)
-        pass
-
-
-def _is_closed_pipe(exc: BaseException) -> bool:
-    return isinstance(exc, BrokenPipeError) or (isinstance(exc, OSError) and exc.errno == errno.EPIPE)
 
 
 class XtfGroup(click.Group):
@@ -88,22 +49,22 @@ class XtfGroup(click.Group):
         try:
             return super().invoke(ctx)
         except XtfError as exc:
-            _error(str(exc))
+            error(str(exc))
             ctx.exit(EXIT_ERROR)
         except OSError as exc:
-            if _is_closed_pipe(exc):  # the reader (e.g. `head`) has what it wanted
-                _silence_stdout()
+            if is_closed_pipe(exc):  # the reader (e.g. `head`) has what it wanted
+                silence_stdout()
                 ctx.exit(EXIT_OK)
-            _error(_os_error_text(exc))
+            error(os_error_text(exc))
             ctx.exit(EXIT_ERROR)
 
     def make_context(self, info_name, args, parent=None, **extra):  # type: ignore[override]
         try:
             return super().make_context(info_name, args, parent, **extra)
         except OSError as exc:  # `xtf --help | head -n 1`: click prints help while parsing
-            if not _is_closed_pipe(exc):
+            if not is_closed_pipe(exc):
                 raise
-            _silence_stdout()
+            silence_stdout()
             raise click.exceptions.Exit(EXIT_OK) from None
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # type: ignore[override]
@@ -119,24 +80,24 @@ class XtfGroup(click.Group):
                 click.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message())
                 code = EXIT_OK
             except click.UsageError as exc:
-                _error(_usage_text(exc))
+                error(_usage_text(exc))
                 code = EXIT_USAGE
             except click.ClickException as exc:
-                _error(exc.format_message())
+                error(exc.format_message())
                 code = exc.exit_code
             except (click.Abort, KeyboardInterrupt, EOFError):
-                _error("interrupted")
+                error("interrupted")
                 code = EXIT_INTERRUPTED
             except OSError as exc:
-                if not _is_closed_pipe(exc):
+                if not is_closed_pipe(exc):
                     raise
-                _silence_stdout()
+                silence_stdout()
                 code = EXIT_OK
             sys.stdout.flush()
         except OSError as exc:  # the final flush into a closed pipe: the reader has what it wanted
-            if not _is_closed_pipe(exc):
+            if not is_closed_pipe(exc):
                 raise
-            _silence_stdout()
+            silence_stdout()
         sys.exit(code)
 
 
@@ -172,7 +133,7 @@ class _StampType(_NonEmptyText):
         try:
             return Stamp.parse(text)
         except XtfError as exc:
-            self.fail(_one_line(str(exc)), param, ctx)
+            self.fail(one_line(str(exc)), param, ctx)
 
 
 PATH = _NonEmptyPath(path_type=Path)
@@ -184,21 +145,9 @@ def _print_json(data: object) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
-def _mib(nbytes: int) -> str:
-    return f"{nbytes / 2**20:.1f} MiB"
-
-
 @click.group(cls=XtfGroup, name="xtf")
 def main() -> None:
     """xtf: keep transformer checkpoints loadable forever."""
-
-
-def _pending_steps(stamp: Stamp) -> list[dict]:
-    """The steps `xtf migrate` would run to bring a file at `stamp` to the installed release."""
-    from xtf_core.chain.graph import default_chain
-
-    pending = default_chain().route(stamp)
-    return [{**record, "summary": step.summary} for record, step in zip(pending.records(), pending.steps)]
 
 
 @main.command()
@@ -206,81 +155,13 @@ def _pending_steps(stamp: Stamp) -> list[dict]:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def inspect(ckpt: Path, as_json: bool) -> None:
     """Show a checkpoint's stamp, spec, tensors, applied migrations and pending steps (reads headers only)."""
-    # Headers and stamps only: the chain (and every migration step module) is imported only when the file
-    # is at another release than the installed one, so inspecting a current file stays fast.
-    from xtf_core.checkpoint.header import read_checkpoint_headers
-    from xtf_core.checkpoint.stamp import (
-        current_stamp,
-        is_stamped,
-        read_checkpoint_stamp,
-        read_migrations,
-        read_origin,
-    )
+    from xtf_core.inspection import inspect_checkpoint
 
-    headers = read_checkpoint_headers(ckpt)
-    where = str(headers.path)
-    metadata = headers.metadata
-    dtypes = Counter(entry.dtype for _, entry in headers.entries())
-    report: dict = {
-        "path": where,
-        "sharded": headers.is_sharded,
-        "shards": list(headers.shards),
-        "tensors": headers.tensor_count,
-        "bytes": headers.data_bytes,
-        "dtypes": dict(sorted(dtypes.items())),
-        "installed": str(current_stamp()),
-        "stamp": None,
-    }
-    if is_stamped(metadata):
-        stamp, spec = read_checkpoint_stamp(headers)
-        origin = read_origin(metadata, where)
-        report.update(
-            stamp=str(stamp),
-            origin=f"{origin['lineage']}=={origin['version']}" if origin else None,
-            spec=spec,
-            migrations=read_migrations(metadata, where),
-        )
-        if "xtf.ignored" in metadata:  # options the converted release silently ignored (xtf convert)
-            try:
-                report["ignored"] = json.loads(metadata["xtf.ignored"])
-            except json.JSONDecodeError:
-                report["ignored"] = metadata["xtf.ignored"]
-        try:
-            report["pending"] = [] if stamp == current_stamp() else _pending_steps(stamp)
-        except XtfError as exc:
-            report["pending_error"] = " ".join(str(exc).split())
+    summary = inspect_checkpoint(ckpt)
     if as_json:
-        _print_json(report)
-        return
-    layout = f"sharded, {len(headers.shards)} shards" if headers.is_sharded else "single file"
-    click.echo(f"{where} ({layout})")
-    dtype_text = ", ".join(f"{dtype} {count}" for dtype, count in report["dtypes"].items())
-    click.echo(f"tensors: {report['tensors']} ({_mib(report['bytes'])}; {dtype_text})")
-    if report["stamp"] is None:
-        click.echo("stamp: none (not an xtf checkpoint; convert it with xtf convert)")
-        return
-    origin = f" (first stamped {report['origin']})" if report["origin"] else ""
-    click.echo(f"stamp: {report['stamp']}{origin}")
-    click.echo(f"spec: {json.dumps(report['spec'], sort_keys=True)}")
-    if "ignored" in report:
-        items = report["ignored"] if isinstance(report["ignored"], list) else []
-        names = [
-            f"{i.get('at') + '.' if i.get('at') else ''}{i.get('option')}={i.get('value')!r}" for i in items
-        ]
-        click.echo(f"ignored when built (as its release did): {', '.join(names) or report['ignored']}")
-    click.echo(f"applied migrations: {len(report['migrations']) or 'none'}")
-    for record in report["migrations"]:
-        click.echo(
-            f"  {record.get('from')} -> {record.get('to')}  {record.get('direction')}  {record.get('id')}"
-        )
-    if "pending_error" in report:
-        click.echo(f"pending: cannot migrate to {report['installed']}: {report['pending_error']}")
-    elif report["pending"]:
-        click.echo(f"pending to {report['installed']}: {len(report['pending'])} step(s); run xtf migrate")
-        for record in report["pending"]:
-            click.echo(f"  {record['from']} -> {record['to']}  {record['summary']}")
+        _print_json(summary.to_json())
     else:
-        click.echo(f"pending to {report['installed']}: none")
+        click.echo("\n".join(summary.describe()))
 
 
 @main.command()
@@ -459,72 +340,44 @@ def convert(
 
     SRC may also be a torch.distributed.checkpoint folder (.metadata + *.distcp): its model tensors are
     stamped as the installed xtf (or, with --from x-transformers==RELEASE, as that release)."""
-    from xtf_converters import dcp, xtransformers
+    from xtf_converters import dcp, releases, xtransformers
 
-    if dcp.is_dcp_checkpoint(src):
-        if target is not None or config_path is None:
-            raise click.UsageError("a DCP checkpoint is imported: give --config CONFIG.json (and no --to)")
-        release = xtransformers.parse_source(source) if source is not None else None
-        if source is not None and release is None:
-            raise click.UsageError(
-                "--from on a DCP checkpoint needs a release: --from x-transformers==RELEASE"
-            )
-        report = dcp.convert(
-            src, output, config=xtransformers.read_config(config_path), key=key, release=release
-        )
-        text = (
-            f"{report['source']} (DCP, model state at {report['state_dict_at']!r}) -> {report['output']}: "
-            f"stamped {report['stamp']}, {report['tensors']} tensors ({report['skipped']} other tensors not read)"
-        )
-        if as_json:
-            _print_json(report)
-        else:
-            click.echo(text)
-        return
-    if (source is None) == (target is None):
-        raise click.UsageError("give exactly one of --from (import) or --to (export)")
-    if source is not None:
-        if config_path is None:
-            raise click.UsageError("--from needs --config CONFIG.json")
-        if into is not None:
-            raise click.UsageError("--into goes with --to (export into a copy of the original pickle)")
-        report = xtransformers.convert(
-            src,
-            output,
-            release=xtransformers.parse_source(source),
-            config=xtransformers.read_config(config_path),
-            key=key,
-            prefix=prefix,
-        )
-        from xtf_converters.release_kwargs import describe
-
-        text = f"{report['source']} -> {report['output']}: stamped {report['stamp']} ({report['why']})"
-        if report["prefix"]:
-            text += f"\nmodel taken from under the prefix {report['prefix']!r}"
-        for item in report["renamed"]:
-            text += f"\nread {item['option']!r} as {' + '.join(item['as'])} (its name in later releases)"
-        if report["ignored"]:
-            text += (
-                f"\nignored, as x-transformers {report['stamp'].partition('==')[2]} did: "
-                f"{describe(report['ignored'])} (recorded under xtf.ignored)"
-            )
-    else:
-        release = xtransformers.parse_source(target)
+    if target is not None:  # export a stamped file
+        if source is not None:
+            raise click.UsageError("give exactly one of --from (import) or --to (export)")
+        release = releases.parse_source(target)
         if release is None:
             raise click.UsageError("--to needs a release: --to x-transformers==RELEASE")
         if into is None and prefix is not None:
             raise click.UsageError("--prefix on an export goes with --into ORIGINAL.pt")
         report = xtransformers.export(src, output, release=release, into=into, key=key, prefix=prefix)
-        text = f"{report['source']} ({report['from']}) -> {report['output']} for {report['to']}; config in {report['config']}"
-        if into is not None:
-            text += (
-                f"\n{report['replaced']} tensors under {report['prefix']!r} replaced in a copy of {report['into']}"
-                f" ({report['state_dict_at']}); {report['kept']} other tensors and every other entry kept"
+    else:  # import: a torch pickle (--from) or a DCP folder (stamped as --from names, else as installed xtf)
+        folder = dcp.is_dcp_checkpoint(src)
+        if source is None and not folder:
+            raise click.UsageError("give exactly one of --from (import) or --to (export)")
+        if config_path is None:
+            raise click.UsageError(
+                f"{'a DCP checkpoint is imported: give' if folder else '--from needs'} --config CONFIG.json"
             )
+        if into is not None:
+            raise click.UsageError("--into goes with --to (export into a copy of the original pickle)")
+        release = releases.parse_source(source) if source is not None else None
+        if folder and source is not None and release is None:
+            raise click.UsageError(
+                "--from on a DCP checkpoint needs a release: --from x-transformers==RELEASE"
+            )
+        report = xtransformers.convert(
+            src,
+            output,
+            release=release,
+            config=xtransformers.read_config(config_path),
+            key=key,
+            prefix=prefix,
+        )
     if as_json:
-        _print_json(report)
+        _print_json(report.to_json())
     else:
-        click.echo(text)
+        click.echo("\n".join(report.describe()))
 
 
 # ------------------------------------------------------------------------------------------ lockfile
@@ -557,7 +410,7 @@ def lock(
     ckpts: tuple[Path, ...], pin_text: str | None, lockfile_path: Path | None, check: bool, as_json: bool
 ) -> None:
     """Create or update the lockfile (pin a release, lock checkpoints by sha256), or --check it."""
-    from xtf_converters.xtransformers import check_release
+    from xtf_converters.releases import check_release
     from xtf_core.lockfile.format import Lockfile
     from xtf_core.lockfile.verbs import check_lockfile, lock_checkpoints
 
@@ -659,12 +512,9 @@ def consolidate(folder: Path, output: Path, as_json: bool) -> None:
 
     report = join(folder, output)
     if as_json:
-        _print_json(report)
+        _print_json(report.to_json())
     else:
-        click.echo(
-            f"{report['source']} ({report['shards']} shards, {report['tensors']} tensors, {_mib(report['bytes'])}) "
-            f"-> {report['output']}: stamped {report['stamp']}"
-        )
+        click.echo("\n".join(report.describe()))
 
 
 if __name__ == "__main__":

@@ -62,7 +62,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="xtf-bench-") as temp:
         path = Path(temp) / "model.safetensors"
         build(path, args.size_mb)
-        xtf = [sys.executable, "-m", "xtf_cli.cli"]
+        # the installed console script, as a user runs it (its shebang is this interpreter)
+        script = Path(sys.executable).parent / "xtf"
+        xtf = [sys.executable, str(script)] if script.is_file() else [sys.executable, "-m", "xtf_cli.entry"]
         variants = {
             "python -c pass": [sys.executable, "-c", "pass"],
             "xtf inspect": [*xtf, "inspect", str(path)],

@@ -18,6 +18,7 @@ from xtf_core.checkpoint.stamp import current_stamp, stamped_metadata
 from xtf_core.errors import ConversionError
 
 from .layout import compare_layouts, layout_at
+from .reports import DcpConvertReport
 
 METADATA_FILE = ".metadata"
 BATCH_BYTES = 256 * 2**20
@@ -150,7 +151,7 @@ def convert(
     config: dict[str, Any],
     key: str | None = None,
     release: str | None = None,
-) -> dict[str, Any]:
+) -> DcpConvertReport:
     """Write the model tensors of DCP checkpoint `src` as the stamped safetensors file `out`.
 
     `config` is the spec (the xtf core's, or with `release` that x-transformers release's constructor
@@ -160,9 +161,8 @@ def convert(
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import DefaultLoadPlanner
 
-    from xtf_core.checkpoint.atomic import atomic_file
-    from xtf_core.checkpoint.header import encode_header
     from xtf_core.checkpoint.io import dtype_code, tensor_bytes, write_all
+    from xtf_core.checkpoint.writer import safetensors_file
     from xtf_core.errors import XtfError
 
     folder, where = Path(src), str(src)
@@ -172,7 +172,7 @@ def convert(
     if out.exists():
         raise ConversionError(f"output {out} already exists; choose another -o path or remove it first")
     if release is not None:
-        from .xtransformers import LINEAGE, check_release
+        from .releases import LINEAGE, check_release
 
         stamp = check_release(release)
         what = f"{LINEAGE} {stamp.version}"
@@ -191,8 +191,7 @@ def convert(
     names = sorted(entries)
     layout = [(name, dtype_code(entries[name].properties.dtype), tuple(entries[name].size)) for name in names]
     reader = _reader(folder)
-    with atomic_file(out) as fd:
-        write_all(fd, encode_header(layout, stamped_metadata({}, stamp, config)))
+    with safetensors_file(out, layout, stamped_metadata({}, stamp, config)) as fd:
         for batch in _batches(layout):
             state = {
                 keys[name]: torch.empty(shape, dtype=entries[name].properties.dtype)
@@ -217,14 +216,14 @@ def convert(
                 ) from exc
             for name, _, _ in batch:
                 write_all(fd, tensor_bytes(state[keys[name]]))
-    return {
-        "source": where,
-        "state_dict_at": group or "<top level>",
-        "stamp": str(stamp),
-        "tensors": len(names),
-        "skipped": sum(len(g) for other, g in groups.items() if other != group),
-        "output": str(out),
-    }
+    return DcpConvertReport(
+        source=where,
+        output=str(out),
+        stamp=str(stamp),
+        tensors=len(names),
+        state_dict_at=group or "<top level>",
+        skipped=sum(len(g) for other, g in groups.items() if other != group),
+    )
 
 
 def _batches(layout: list[tuple[str, str, tuple[int, ...]]]):

@@ -23,7 +23,6 @@ from packaging.version import Version
 
 from xtf_core.errors import ConversionError
 
-KEY_IGNORED = "xtf.ignored"
 LAYER_CLASSES = ("Encoder", "Decoder", "CrossAttender", "AttentionLayers")
 TABLE = Path(__file__).with_name("release_kwargs.json")
 
@@ -201,10 +200,3 @@ def as_release_built(
     reader = _Reader(release, rules, where)
     built = reader.node(config, "")
     return built, reader.ignored, reader.renamed
-
-
-def describe(ignored: list[dict[str, Any]]) -> str:
-    """`attn_layers.dim_head=64, attn_layers.flash_attn=True` for the command's output."""
-    return ", ".join(
-        f"{item['at'] + '.' if item['at'] else ''}{item['option']}={item['value']!r}" for item in ignored
-    )

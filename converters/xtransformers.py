@@ -14,65 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from packaging.version import Version
-
 from xtf_core.checkpoint.stamp import KEY_FINGERPRINT, Stamp, canonical_json, current_stamp, stamped_metadata
 from xtf_core.errors import ConversionError, XtfError
 
 from .layout import compare_layouts, layout_at
+from .releases import FIRST_SUPPORTED, LAST_KNOWN, LINEAGE, check_release
+from .reports import ConvertReport, DcpConvertReport, ExportReport, Placement
 from .torch_pickle import read_state_dict
 
-LINEAGE = "x-transformers"
-FIRST_SUPPORTED = Version("0.0.9")
-LAST_KNOWN = Version("2.31.10")
-BROKEN_RELEASES = {
-    "0.4.0": "a one-release function (post-norm stacks also normed their last block; cross-attention crashed)",
-    "0.8.0": "a one-release layout (GRU residual gating on by default, removed in 0.8.1) no later release kept",
-    "0.11.0": "a one-release layout (depthwise-convolution queries, reverted in 0.11.1) no later release kept",
-    "0.20.0": "a broken release (Residual.__init__ TypeError on construction)",
-    "0.21.0": "a broken release (pre-norm blocks built without their norm, fixed in 0.21.1)",
-    "0.29.0": "an experimental release (feed-forward input layer commented out, doubled to_k)",
-    "0.29.1": "an experimental release (feed-forward input layer commented out, doubled to_k)",
-    "1.16.2": "CascadingHeads was applied unconditionally (outputs differ from every other release)",
-    "1.16.3": "CascadingHeads was applied unconditionally (outputs differ from every other release)",
-    "1.16.4": "CascadingHeads was applied unconditionally (outputs differ from every other release)",
-    "1.31.2": "a broken release (TypeError on construction)",
-    "1.5.2": "a broken release (ZeroDivisionError building any model: an experimental feed-forward)",
-    "1.37.1": "a broken release (no model runs: 'you did not train with recycling')",
-    "1.40.4": "a one-release layout (every stack built an unused reinject_input_proj, removed in 1.40.5)",
-}
 DETECTION_LIMIT_BYTES = 512 * 1024 * 1024
-
-
-def check_release(release: str) -> Stamp:
-    """A release the chain can take a file from, or a ConversionError saying why not."""
-    try:
-        version = Version(release)
-    except Exception as exc:
-        raise ConversionError(f"{release!r} is not a release number (expected e.g. 1.26.0)") from exc
-    if version < FIRST_SUPPORTED:
-        raise ConversionError(
-            f"x-transformers {release} is older than {FIRST_SUPPORTED}, the oldest release xtf converts"
-        )
-    if version > LAST_KNOWN:
-        raise ConversionError(
-            f"x-transformers {release} is newer than {LAST_KNOWN}, the newest release this xtf knows; upgrade xtf"
-        )
-    if str(version) in BROKEN_RELEASES:
-        raise ConversionError(
-            f"x-transformers {release} was {BROKEN_RELEASES[str(version)]}; name the release you trained with"
-        )
-    return Stamp(LINEAGE, str(version))
-
-
-def parse_source(text: str) -> str | None:
-    """`x-transformers==1.26.0` -> '1.26.0'; `x-transformers` -> None (detect)."""
-    name, sep, release = text.partition("==")
-    if name.strip() != LINEAGE:
-        raise ConversionError(
-            f"--from {text!r}: only x-transformers checkpoints are converted (x-transformers[==RELEASE])"
-        )
-    return release.strip() if sep else None
 
 
 def read_config(config: str | os.PathLike[str]) -> dict[str, Any]:
@@ -200,18 +150,31 @@ def convert(
     config: dict[str, Any],
     key: str | None = None,
     prefix: str | None = None,
-) -> dict[str, Any]:
+) -> ConvertReport | DcpConvertReport:
     """Write `src` (a torch pickle of an x-transformers state dict) as a stamped safetensors file.
 
     With a release named, the config is read as that release read it: keyword arguments it silently ignored
-    are dropped (and recorded under `xtf.ignored`), and options it knew under an older name are renamed.
-    The model may sit under a prefix inside a bigger state dict (`prefix`, or found when exactly one fits)."""
+    are dropped (and recorded under `xtf.ignored`), and options it knew under an older name are renamed;
+    without one, the release is found from the tensors' names and shapes (era detection).
+    The model may sit under a prefix inside a bigger state dict (`prefix`, or found when exactly one fits).
+
+    `src` may also be a `torch.distributed.checkpoint` folder: its model tensors (the group `key`, or the
+    one whose names fit) are stamped as `release` when one is named, else as the installed xtf (a DCP
+    folder has no era to detect: it was written by a model built with the installed core)."""
+    from xtf_core.checkpoint.stamp import KEY_IGNORED
     from xtf_core.checkpoint.writer import dedupe_shared, write_tensors
     from xtf_core.fingerprint import compute_fingerprint
 
-    from . import option_history
+    from . import dcp, option_history
     from . import prefix as prefixes
-    from .release_kwargs import KEY_IGNORED, as_release_built
+    from .release_kwargs import as_release_built
+
+    if dcp.is_dcp_checkpoint(src):
+        if prefix is not None:
+            raise ConversionError(
+                f"{src}: a DCP folder's model is found by its group (--key), not by a name prefix; drop --prefix"
+            )
+        return dcp.convert(src, out, config=config, key=key, release=release)
 
     full_state, found_at = read_state_dict(src, key)
     where = str(src)
@@ -248,17 +211,17 @@ def convert(
     # the function the release computed, recorded so `xtf verify` can check every later migration
     metadata[KEY_FINGERPRINT] = canonical_json(compute_fingerprint(model))
     write_tensors(Path(out), tensors, metadata)
-    return {
-        "source": where,
-        "state_dict_at": found_at,
-        "prefix": prefix,
-        "stamp": str(stamp),
-        "why": why,
-        "ignored": ignored,
-        "renamed": renamed,
-        "tensors": len(tensors),
-        "output": str(out),
-    }
+    return ConvertReport(
+        source=where,
+        output=str(out),
+        stamp=str(stamp),
+        why=why,
+        tensors=len(tensors),
+        state_dict_at=found_at,
+        prefix=prefix,
+        ignored=ignored,
+        renamed=renamed,
+    )
 
 
 def export(
@@ -269,7 +232,7 @@ def export(
     into: str | os.PathLike[str] | None = None,
     key: str | None = None,
     prefix: str | None = None,
-) -> dict[str, Any]:
+) -> ExportReport:
     """Write a stamped checkpoint as the plain state dict x-transformers `release` loads (strict=True).
 
     With `into` (a torch pickle holding the model inside a bigger state dict, e.g. an application
@@ -281,8 +244,13 @@ def export(
     from xtf_core.checkpoint.io import write_all
     from xtf_core.loading import load_state
 
-    from . import option_history
+    from . import dcp, option_history
 
+    if dcp.is_dcp_checkpoint(src):
+        raise ConversionError(
+            f"{src}: a DCP folder is imported, not exported: stamp it first (xtf convert {src} --config CONFIG "
+            "-o MODEL.safetensors), then export that file"
+        )
     target = check_release(release)
     tensors, spec, info = load_state(src, target=target)
     option_history.check(spec, target.version, str(src))  # options that release ran differently
@@ -297,24 +265,24 @@ def export(
     import io
 
     plain = {k: v.contiguous() for k, v in tensors.items()}
-    placed: dict[str, Any] = {}
+    placement = None
     if into is not None:
-        plain, placed = _place_into(src, plain, into, key=key, prefix=prefix)
+        plain, placement = _place_into(src, plain, into, key=key, prefix=prefix)
     buffer = io.BytesIO()
     torch.save(plain, buffer)
     config_path = out.with_name(out.name + ".config.json")
     with atomic_files(out, config_path) as (fd, config_fd):  # both files, or neither
         write_all(fd, buffer.getbuffer())
         write_all(config_fd, (json.dumps(spec, indent=1, sort_keys=True) + "\n").encode())
-    return {
-        "source": str(src),
-        "from": str(info.stamp),
-        "to": str(target),
-        "steps": [record.get("id") for record in info.applied],
-        "output": str(out),
-        "config": str(config_path),
-        **placed,
-    }
+    return ExportReport(
+        source=str(src),
+        output=str(out),
+        config=str(config_path),
+        from_stamp=str(info.stamp),
+        to_stamp=str(target),
+        steps=[record.get("id") for record in info.applied],
+        placement=placement,
+    )
 
 
 # Legacy flags that only keep a bias tensor later releases removed; a zero bias is the same as none.
@@ -396,7 +364,7 @@ def _place_into(
     *,
     key: str | None,
     prefix: str | None,
-) -> tuple[Any, dict[str, Any]]:
+) -> tuple[Any, Placement]:
     """(a copy of the pickle `into` with the model's tensors replaced by `tensors`, what the report says)."""
     from . import prefix as prefixes
     from .torch_pickle import load_pickle, locate_state_dict
@@ -430,13 +398,13 @@ def _place_into(
     else:
         out = type(root)(root) if isinstance(root, dict) else dict(root)
         out[found] = new_state
-    return out, {
-        "into": str(into),
-        "state_dict_at": "top level" if found is None else f"key {found!r}",
-        "prefix": prefix,
-        "replaced": replaced,
-        "kept": len(state) - replaced,
-    }
+    return out, Placement(
+        into=str(into),
+        state_dict_at="top level" if found is None else f"key {found!r}",
+        prefix=prefix,
+        replaced=replaced,
+        kept=len(state) - replaced,
+    )
 
 
 def _legacy_flags(spec: Any, path: str = "") -> list[str]:

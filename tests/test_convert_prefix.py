@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from xt_releases import run_in_release
 
 from xtf_cli.cli import main
-from xtf_converters import xtransformers
+from xtf_converters import releases, xtransformers
 from xtf_converters.prefix import candidate_prefixes, replace_under
 from xtf_core import build, load
 from xtf_core.errors import ConversionError
@@ -58,7 +58,7 @@ def test_the_one_prefix_where_the_layout_fits_is_found(tmp_path: Path) -> None:
     app = {"net." + k: v for k, v in model.state_dict().items()}
     app["head.weight"] = torch.randn(3, 3)  # the user's own tensor, outside the model
     report, out = _convert(tmp_path, {"model": app, "epoch": 4})
-    assert report["prefix"] == "net." and report["state_dict_at"] == "key 'model'"
+    assert report.prefix == "net." and report.state_dict_at == "key 'model'"
     torch.testing.assert_close(load(out)(_tokens()), model(_tokens()), atol=1e-5, rtol=0)
 
 
@@ -66,7 +66,7 @@ def test_a_named_prefix_is_used_and_a_missing_one_refused(tmp_path: Path) -> Non
     model = _model()
     app = {"model.decoder." + k: v for k, v in model.state_dict().items()}
     report, _ = _convert(tmp_path, app, prefix="model.decoder")
-    assert report["prefix"] == "model.decoder."
+    assert report.prefix == "model.decoder."
     with pytest.raises(ConversionError, match="no tensor under the prefix 'encoder.'"):
         _convert(tmp_path, app, prefix="encoder.")
 
@@ -258,8 +258,8 @@ with torch.no_grad():
 
 
 def _round_trip(tmp_path: Path, release: str, app_script: str, spec: str, kind: str) -> dict:
-    if release != NOW and Version(release) < xtransformers.FIRST_SUPPORTED:
-        pytest.skip(f"the chain starts at {xtransformers.FIRST_SUPPORTED}")
+    if release != NOW and Version(release) < releases.FIRST_SUPPORTED:
+        pytest.skip(f"the chain starts at {releases.FIRST_SUPPORTED}")
     run_in_release(release, textwrap.dedent(app_script), str(tmp_path))
     stamped = tmp_path / "m.safetensors"
     cli = CliRunner()

@@ -179,7 +179,7 @@ def test_single_process_load_save_consolidate_and_cli(tmp_path):
     assert len(list(folder.glob("model-*-of-*.safetensors"))) > 1
     single = tmp_path / "single.safetensors"
     report = xd.consolidate(folder, single)
-    assert report["shards"] > 1
+    assert report.shards > 1
     for path in (folder, single):
         back = xtf_core.load(path)
         for name, tensor in ref.state_dict().items():
@@ -443,7 +443,7 @@ def test_sharded_load_save_and_errors(world, checkpoints, tmp_path):
     from xtf_converters import dcp
 
     report = dcp.convert(root / "dcp", root / "imported.safetensors", config=xtf_core.spec_of(saved))
-    assert report["state_dict_at"] == "model" and report["skipped"] > 0
+    assert report.state_dict_at == "model" and report.skipped > 0
     with torch.no_grad():
         out = xtf_core.load(root / "imported.safetensors")(tokens)
     assert torch.allclose(out, torch.load(root / "dcp-out-0.pt", weights_only=True), rtol=0, atol=1e-6)

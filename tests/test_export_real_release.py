@@ -64,7 +64,7 @@ def test_real_release_loads_the_export_and_reproduces_its_outputs(tmp_path: Path
         jobs.append(
             {
                 "pt": str(exported),
-                "config": report["config"],
+                "config": report.config,
                 "io": str(fixture.pt.with_suffix("").with_suffix(".io.safetensors")),
                 "forward_kwargs": fixture.meta["forward_kwargs"],
                 "output": fixture.meta["output"],

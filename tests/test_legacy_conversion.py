@@ -62,7 +62,7 @@ def test_era_detection_is_right_or_asks_for_the_release(tmp_path: Path, fixture:
     except ConversionError as exc:
         assert "name the release" in str(exc)
         return
-    assert report["why"]
+    assert report.why
     assert fixture.max_diff(fixture.run(xtf_core.load(out))) <= TOLERANCE
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from xt_releases import run_in_release
 
-from xtf_converters import xtransformers
+from xtf_converters import releases
 from xtf_core.errors import ConversionError
 
 PROBE = r"""
@@ -40,7 +40,7 @@ def test_release_is_refused_for_what_it_does(tmp_path: Path, release: str, shown
     else:  # builds, but with a tensor no other release has for this plain decoder
         assert result["runs"] and shown in result["names"]
     with pytest.raises(ConversionError, match=reason):
-        xtransformers.check_release(release)
+        releases.check_release(release)
 
 
 CROSS_PROBE = r"""

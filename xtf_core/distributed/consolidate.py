@@ -9,7 +9,9 @@ partial tensors together, which this layout never has, so it is not needed here.
 from __future__ import annotations
 
 import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from xtf_core.chain.plan import checkpoint_stamp
 from xtf_core.checkpoint.header import read_checkpoint_headers
@@ -18,8 +20,29 @@ from xtf_core.checkpoint.writer import safetensors_file
 from xtf_core.errors import CheckpointFormatError, MigrationError
 
 
-def consolidate(folder: str | os.PathLike[str], out: str | os.PathLike[str]) -> dict:
-    """Write the sharded checkpoint `folder` as the single stamped file `out`; returns a small report."""
+@dataclass(frozen=True)
+class ConsolidateReport:
+    """One sharded folder joined into one file: what was read and what was written."""
+
+    source: str
+    output: str
+    stamp: str
+    shards: int
+    tensors: int
+    bytes: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> list[str]:
+        return [
+            f"{self.source} ({self.shards} shards, {self.tensors} tensors, {self.bytes / 2**20:.1f} MiB) "
+            f"-> {self.output}: stamped {self.stamp}"
+        ]
+
+
+def consolidate(folder: str | os.PathLike[str], out: str | os.PathLike[str]) -> ConsolidateReport:
+    """Write the sharded checkpoint `folder` as the single stamped file `out`; returns what it did."""
     headers = read_checkpoint_headers(folder)
     where = str(headers.path)
     if not headers.is_sharded:
@@ -48,11 +71,11 @@ def consolidate(folder: str | os.PathLike[str], out: str | os.PathLike[str]) -> 
     finally:
         for fd in fds.values():
             os.close(fd)
-    return {
-        "source": where,
-        "output": str(out),
-        "stamp": str(stamp),
-        "shards": len(headers.shards),
-        "tensors": len(entries),
-        "bytes": headers.data_bytes,
-    }
+    return ConsolidateReport(
+        source=where,
+        output=str(out),
+        stamp=str(stamp),
+        shards=len(headers.shards),
+        tensors=len(entries),
+        bytes=headers.data_bytes,
+    )
