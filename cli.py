@@ -464,42 +464,14 @@ def lock(
 @click.option("--json", "as_json", is_flag=True, help="Print the matrix as JSON.")
 def compat(ckpt: Path | None, as_json: bool) -> None:
     """Which stamps each release reads directly, by migration, or not at all; for CKPT, where it can go."""
-    from xtf_core.chain.compat import compat_report, layout_ranges
+    from xtf_core.chain.compat import compat_report
     from xtf_core.chain.graph import default_chain
-    from xtf_core.chain.plan import checkpoint_stamp
-    from xtf_core.checkpoint.header import read_checkpoint_headers
 
-    chain = default_chain()
-    ranges = layout_ranges(chain)
-    nodes = list(chain.nodes)
-    symbols = {"direct": "=", "at load": "L", "migrate": "M", "no": "-"}
-    report = compat_report(chain)
-    if ckpt is not None:
-        headers = read_checkpoint_headers(ckpt)
-        stamp, _ = checkpoint_stamp(headers)
-        report = compat_report(chain, stamp, str(headers.path), str(ckpt))
-    matrix = report["matrix"]
+    report = compat_report(default_chain(), ckpt)
     if as_json:
-        _print_json(report)
-        return
-    width = max(len(r) for r in ranges.values())
-    click.echo(f"installed: {chain.installed}; {len(nodes)} layouts, oldest first")
-    click.echo("rows: the release reading; columns: the layout a file is stamped in (numbered as the rows)")
-    click.echo(
-        "  = direct (same layout)   L migrated in memory at load   M xtf migrate --to first   - not at all"
-    )
-    header = " " * (width + 5) + " ".join(f"{i + 1:>2}" for i in range(len(nodes)))
-    click.echo(header)
-    for i, library in enumerate(nodes):
-        cells = " ".join(f"{symbols[matrix[str(library)][str(s)]]:>2}" for s in nodes)
-        click.echo(f"{i + 1:>2}  {ranges[library]:<{width}}  {cells}")
-    click.echo(report["outside"]["older"])
-    click.echo(report["outside"]["newer"])
-    if ckpt is not None:
-        file = report["file"]
-        click.echo(f"\n{file['path']}: stamped {file['stamp']}; can be brought to:")
-        for target in file["targets"]:
-            click.echo(f"  {target['release']:<{width}}  {target['kind']}: {target['detail']}")
+        _print_json(report.to_json())
+    else:
+        click.echo("\n".join(report.describe()))
 
 
 @main.command()

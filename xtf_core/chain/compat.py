@@ -6,7 +6,9 @@ say which stamps every release it allows can load.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from packaging.requirements import Requirement
@@ -72,28 +74,80 @@ def reading(library: Stamp, stamp: Stamp, chain) -> tuple[str, str]:
     return "migrate", f"{route.direction} through {len(route.steps)} step(s): xtf migrate CKPT --to {library}"
 
 
-def compat_report(
-    chain: Any, stamp: Stamp | None = None, path: str = "", as_given: str = "CKPT"
-) -> dict[str, Any]:
+SYMBOLS = {"direct": "=", "at load": "L", "migrate": "M", "no": "-"}
+
+
+@dataclass(frozen=True)
+class CompatReport:
+    """How every release reads every layout (`matrix[release][layout]`: a kind of `reading`), and, for one
+    file, where it can go (`file`: its path, stamp and one target per layout)."""
+
+    installed: str
+    layouts: list[dict[str, str]]  # {"node": stamp of the layout's first release, "stamps": its range}
+    matrix: dict[str, dict[str, str]]
+    outside: dict[str, str]  # what no layout covers: "older" and "newer" stamps
+    file: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The `xtf compat --json` document."""
+        document = {
+            "installed": self.installed,
+            "layouts": self.layouts,
+            "matrix": self.matrix,
+            "outside": self.outside,
+        }
+        return document if self.file is None else {**document, "file": self.file}
+
+    def describe(self) -> list[str]:
+        """The `xtf compat` text: the matrix as a table, then the file's targets."""
+        ranges = [layout["stamps"] for layout in self.layouts]
+        nodes = [layout["node"] for layout in self.layouts]
+        width = max(len(r) for r in ranges)
+        lines = [
+            f"installed: {self.installed}; {len(nodes)} layouts, oldest first",
+            "rows: the release reading; columns: the layout a file is stamped in (numbered as the rows)",
+            "  = direct (same layout)   L migrated in memory at load   M xtf migrate --to first   - not at all",
+            " " * (width + 5) + " ".join(f"{i + 1:>2}" for i in range(len(nodes))),
+        ]
+        for i, (library, stamps) in enumerate(zip(nodes, ranges)):
+            cells = " ".join(f"{SYMBOLS[self.matrix[library][s]]:>2}" for s in nodes)
+            lines.append(f"{i + 1:>2}  {stamps:<{width}}  {cells}")
+        lines += [self.outside["older"], self.outside["newer"]]
+        if self.file is not None:
+            lines += ["", f"{self.file['path']}: stamped {self.file['stamp']}; can be brought to:"]
+            lines += [
+                f"  {target['release']:<{width}}  {target['kind']}: {target['detail']}"
+                for target in self.file["targets"]
+            ]
+        return lines
+
+
+def compat_report(chain: Any, ckpt: str | os.PathLike[str] | None = None) -> CompatReport:
     """The matrix `xtf compat` prints: every layout's stamp range, how each release reads each layout,
-    and, for a file stamped `stamp` (at `path`, named `as_given` in commands), where it can go and how."""
+    and, for the checkpoint `ckpt` (headers read, nothing else), where it can go and how."""
     ranges = layout_ranges(chain)
     nodes = list(chain.nodes)
-    report: dict[str, Any] = {
-        "installed": str(chain.installed),
-        "layouts": [{"node": str(node), "stamps": ranges[node]} for node in nodes],
-        "matrix": {str(library): {str(s): reading(library, s, chain)[0] for s in nodes} for library in nodes},
-        "outside": {
-            "older": f"stamps older than {nodes[0]}: no release reads them (xtf convert refuses them)",
-            "newer": f"stamps newer than {chain.installed}: need a newer xtf to migrate them down",
-        },
-    }
-    if stamp is not None:
+    file = None
+    if ckpt is not None:
+        from xtf_core.chain.plan import checkpoint_stamp
+        from xtf_core.checkpoint.header import read_checkpoint_headers
+
+        headers = read_checkpoint_headers(ckpt)
+        stamp, _ = checkpoint_stamp(headers)
         targets = []
         for node in nodes:
             kind, detail = reading(node, stamp, chain)
             if kind == "migrate":
-                detail = detail.replace("CKPT", as_given) + " -o OUT"
+                detail = detail.replace("CKPT", str(ckpt)) + " -o OUT"
             targets.append({"release": ranges[node], "node": str(node), "kind": kind, "detail": detail})
-        report["file"] = {"path": path, "stamp": str(stamp), "targets": targets}
-    return report
+        file = {"path": str(headers.path), "stamp": str(stamp), "targets": targets}
+    return CompatReport(
+        installed=str(chain.installed),
+        layouts=[{"node": str(node), "stamps": ranges[node]} for node in nodes],
+        matrix={str(library): {str(s): reading(library, s, chain)[0] for s in nodes} for library in nodes},
+        outside={
+            "older": f"stamps older than {nodes[0]}: no release reads them (xtf convert refuses them)",
+            "newer": f"stamps newer than {chain.installed}: need a newer xtf to migrate them down",
+        },
+        file=file,
+    )
