@@ -13,7 +13,14 @@ from torch import Tensor, nn
 
 from ..errors import UnsupportedOptionError
 from .attend import Attend, AttentionIntermediates, CoPE, attend, refuse
-from .positions import AlibiPositionalBias, DynamicPositionBias, RelativePositionBias, apply_rotary
+from .norms import global_hooks, has_hooks
+from .positions import (
+    AlibiPositionalBias,
+    DynamicPositionBias,
+    RelativePositionBias,
+    apply_rotary,
+    apply_rotary_to_qk,
+)
 
 
 def _l2norm(t: Tensor, groups: int) -> Tensor:
@@ -516,9 +523,24 @@ class Attention(nn.Module):
             )
             k_input = v_input = latent
 
-        q = self.to_q(q_input).unflatten(-1, (self.heads, -1)).transpose(1, 2)
-        k = self.to_k(k_input).unflatten(-1, (-1, self.dim_head)).transpose(1, 2)
-        v = self.to_v(v_input).unflatten(-1, (-1, self.value_dim_head)).transpose(1, 2)
+        # self-attention over one input: one matmul over the stacked weights (see `_fused_qkv_weight`)
+        fused_weight = self._fused_qkv_weight() if k_input is x and v_input is x else None
+        qk_rotated = False
+        if fused_weight is not None:
+            qkv = F.linear(x, fused_weight).unflatten(-1, (3, self.heads, self.dim_head))
+            qk, v = qkv.split((2, 1), dim=2)
+            v = v.squeeze(2).transpose(1, 2)
+            k_unrotated = None
+            if self._rotate_qk_together(rotary_pos_emb, cache):
+                # queries and keys rotated in one pass; the cache keeps the keys unrotated, as below
+                k_unrotated = qk[:, :, 1].transpose(1, 2)
+                qk = apply_rotary_to_qk(qk, rotary_pos_emb[0])
+                qk_rotated = True
+            q, k = (t.transpose(1, 2) for t in qk.unbind(2))
+        else:
+            q = self.to_q(q_input).unflatten(-1, (self.heads, -1)).transpose(1, 2)
+            k = self.to_k(k_input).unflatten(-1, (-1, self.dim_head)).transpose(1, 2)
+            v = self.to_v(v_input).unflatten(-1, (-1, self.value_dim_head)).transpose(1, 2)
         if latent_cache is not None and self.to_rotateable_k is not None:
             k = torch.cat((k, latent_cache[1]), dim=1)
         values = v
@@ -553,9 +575,11 @@ class Attention(nn.Module):
                     raise ValueError("a key/value cache cannot be combined with Transformer-XL memories")
                 cached_k, cached_v = cache.cached_kv
                 k, v = torch.cat((cached_k, k), dim=-2), torch.cat((cached_v, v), dim=-2)
-            cached_kv = (k[..., mem_len:, :], v[..., mem_len:, :])
+            cached_kv = (k_unrotated if qk_rotated else k[..., mem_len:, :], v[..., mem_len:, :])
 
-        if rotary_pos_emb is not None and (not has_context or context_rotary_pos_emb is not None):
+        if qk_rotated:
+            pass
+        elif rotary_pos_emb is not None and (not has_context or context_rotary_pos_emb is not None):
             freqs, xpos_scale = rotary_pos_emb
             q_scale, k_scale = (xpos_scale, xpos_scale**-1.0) if torch.is_tensor(xpos_scale) else (1.0, 1.0)
             k_freqs = freqs
@@ -682,6 +706,49 @@ class Attention(nn.Module):
         inter.cached_kv = cached_kv
         inter.values = values
         return out, inter
+
+    def _fused_qkv_weight(self) -> Tensor | None:
+        """`to_q`, `to_k` and `to_v`'s weights stacked, where one matmul over them computes exactly what the
+        three projections do: plain bias-free `nn.Linear`s (no hooks, no parametrization) of one dtype and
+        device, with as many key/value heads as query heads and one head size. None otherwise."""
+        if (
+            self.to_latent_q is not None
+            or self.to_latent_kv is not None
+            or self.qkv_receive_diff_residuals
+            or self.kv_heads != self.heads
+            or self.value_dim_head != self.dim_head
+            or global_hooks()
+        ):
+            return None
+        projections = (self.to_q, self.to_k, self.to_v)
+        for linear in projections:
+            if type(linear) is not nn.Linear or linear.bias is not None or has_hooks(linear):
+                return None
+        weights = [linear.weight for linear in projections]
+        first = weights[0]
+        if any(w.dtype != first.dtype or w.device != first.device for w in weights[1:]):
+            return None
+        return torch.cat(weights)
+
+    def _rotate_qk_together(
+        self,
+        rotary_pos_emb: tuple[Tensor, Tensor | float] | None,
+        cache: AttentionIntermediates | None,
+    ) -> bool:
+        """Whether the fused projection's queries and keys can be rotated in one pass right away: rotary
+        without xPos on every head, and nothing that acts on the keys or queries before rotary does (qk
+        norms, a key/value cache, rotated values)."""
+        return (
+            rotary_pos_emb is not None
+            and not torch.is_tensor(rotary_pos_emb[1])
+            and rotary_pos_emb[1] == 1.0
+            and self.rotate_num_heads == self.heads
+            and not self.rotate_values
+            and not self.qk_norm
+            and self.q_rmsnorm is None
+            and self.k_rmsnorm is None
+            and (cache is None or cache.cached_kv is None)
+        )
 
     def _gate(self, out: Tensor, x: Tensor) -> Tensor:
         """Gated attention: sigmoid (or SiLU) gates from the input (`to_v_gate`) and/or the output

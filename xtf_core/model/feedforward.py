@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .norms import LayerNorm
+from .norms import LayerNorm, compiling, global_hooks, has_hooks
 
 
 def softclamp(t: Tensor, value: float) -> Tensor:
@@ -156,5 +156,24 @@ class FeedForward(nn.Module):
 
     def forward(self, x: Tensor, deep_embed: Tensor | None = None) -> Tensor:
         """`deep_embed` (per-token gains of this layer, from the wrapper's `ff_deep_embed`) scales the output."""
-        out = self.ff(x)
+        if _gelu_in_place(self.ff[0]):
+            # without autograd the GELU overwrites the projection's output: one fresh buffer fewer of the
+            # block's widest activation (and the same values: the same kernel, written in place)
+            linear, act = self.ff[0]
+            out = torch._C._nn.gelu_(linear(x), approximate=act.approximate)
+            for stage in self.ff[1:]:
+                out = stage(out)
+        else:
+            out = self.ff(x)
         return out * deep_embed if deep_embed is not None else out
+
+
+def _gelu_in_place(proj_in: nn.Module) -> bool:
+    """Whether `proj_in` is a plain `Linear -> GELU` whose GELU may write into the Linear's output: no
+    autograd, no compiler tracing, no hooks on either module."""
+    if torch.is_grad_enabled() or not isinstance(proj_in, nn.Sequential) or len(proj_in) != 2:
+        return False
+    linear, act = proj_in
+    if type(act) is not nn.GELU or type(linear) is not nn.Linear or compiling():
+        return False
+    return not (has_hooks(linear) or has_hooks(act) or has_hooks(proj_in) or global_hooks())

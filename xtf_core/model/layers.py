@@ -29,7 +29,16 @@ from .layer_plan import (
     layer_types_for,
     layers_execute_order_for,
 )
-from .norms import AdaptiveLayerNorm, AdaptiveRMSNorm, Derf, DynamicTanh, LayerNorm, RMSNorm, norm_class
+from .norms import (
+    AdaptiveLayerNorm,
+    AdaptiveRMSNorm,
+    Derf,
+    DynamicTanh,
+    LayerNorm,
+    RMSNorm,
+    compiling,
+    norm_class,
+)
 from .options import split_prefixed
 from .positions import (
     AlibiPositionalBias,
@@ -64,6 +73,20 @@ def _scale_first(out: Any, scale: Tensor | float) -> Any:
         return out * scale
     first, *rest = out
     return (first * scale, *rest)
+
+
+def _add_residual(out: Tensor, residual: Tensor) -> Tensor:
+    """`out + residual`. Without autograd (and eager), written into `out`, the branch's own fresh output,
+    rather than into a new buffer: the same sum, one allocation fewer per block."""
+    if (
+        torch.is_grad_enabled()
+        or out.shape != residual.shape
+        or out.dtype != residual.dtype
+        or out.data_ptr() == residual.data_ptr()
+        or compiling()
+    ):
+        return out + residual
+    return out.add_(residual)
 
 
 class Scale(nn.Module):
@@ -1083,7 +1106,7 @@ class AttentionLayers(SpecRecorder, nn.Module):
             if post_branch_norm is not None:
                 out = post_branch_norm(out, **norm_kwargs)
             x = (
-                out + residual
+                _add_residual(out, residual)
                 if self.plain_residual
                 else residual_fn(out, residual, mask=mask, **residual_kwargs)
             )

@@ -5,6 +5,28 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules import module as _module_mod
+
+# ---- guards of the fast paths (attention, feed-forward, the stack), kept here, the lowest model module
+
+
+def compiling() -> bool:
+    """Whether torch.compile is tracing (fast paths that write in place or into `out=` step aside)."""
+    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(is_compiling()) if is_compiling is not None else False
+
+
+def has_hooks(module: nn.Module) -> bool:
+    """Whether `module` has forward hooks (a fast path that skips its forward would skip them)."""
+    return bool(module._forward_hooks or module._forward_pre_hooks)
+
+
+def global_hooks() -> bool:
+    """Whether forward hooks registered for every module are set."""
+    return bool(
+        getattr(_module_mod, "_global_forward_hooks", None)
+        or getattr(_module_mod, "_global_forward_pre_hooks", None)
+    )
 
 
 class LayerNorm(nn.Module):

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .norms import LayerNorm
+from .norms import LayerNorm, compiling
 
 
 class TokenEmbedding(nn.Module):
@@ -120,37 +120,82 @@ def _rotate_pairs(x: Tensor) -> Tensor:
     return torch.stack((-x2, x1), dim=-1).flatten(-2)
 
 
-def _compiling() -> bool:
-    """Whether torch.compile is tracing (which cannot trace writes into a slice with `out=`)."""
-    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
-    return bool(is_compiling()) if is_compiling is not None else False
+def _complex_rotation_applies(t: Tensor, freqs: Tensor) -> bool:
+    """Whether the rotation may run as one complex multiplication (see `_rotate_complex`): eager on the CPU,
+    float32/float64 features and frequencies of one dtype, a layout that pairs view as complex numbers,
+    and frequencies that come in equal pairs (as `RotaryEmbedding` makes them)."""
+    if t.device.type != "cpu" or t.dtype not in (torch.float32, torch.float64) or freqs.dtype != t.dtype:
+        return False
+    if freqs.shape[-1] % 2 or t.stride(-1) != 1 or t.storage_offset() % 2 or compiling():
+        return False
+    if any(stride % 2 for stride in t.stride()[:-1]):
+        return False
+    return torch.equal(freqs[..., 0::2], freqs[..., 1::2])
 
 
-def apply_rotary(t: Tensor, freqs: Tensor, scale: Tensor | float = 1.0) -> Tensor:
-    """Rotate the first `freqs.shape[-1]` features of `t` `[b, h, n, d]` by the last `n` positions of `freqs`."""
-    rot_dim, seq_len, dtype = freqs.shape[-1], t.shape[-2], t.dtype
-    freqs = freqs[:, -seq_len:, :][:, None]
-    if torch.is_tensor(scale):
-        scale = scale[:, -seq_len:, :][:, None]
+def _rotate_complex(t: Tensor, rotated: Tensor, rest: Tensor, freqs: Tensor) -> Tensor:
+    """The rotation of each pair `(x1, x2)` by angle `f`, `(x1 cos f - x2 sin f, x2 cos f + x1 sin f)`, is
+    the complex product `(x1 + i x2)(cos f + i sin f)`: one multiplication (and one in the backward pass)
+    instead of a multiply, a negation, a stack and a multiply-add. Products are rounded as in the real
+    formula; a sum may differ from it in the last bit."""
+    half = freqs[..., 0::2]
+    turn = torch.complex(half.cos(), half.sin())
+    pairs = torch.view_as_complex(rotated.unflatten(-1, (-1, 2)))
+    if not rest.shape[-1]:
+        return torch.view_as_real(pairs * turn).flatten(-2)
+    if not (torch.is_grad_enabled() and t.requires_grad):
+        # no autograd: the product is written straight into the output, laid out as `t` where `t` is dense
+        out = torch.empty_like(t)
+        rot_dim = rotated.shape[-1]
+        out[..., rot_dim:] = rest
+        torch.mul(pairs, turn, out=torch.view_as_complex(out[..., :rot_dim].unflatten(-1, (-1, 2))))
+        return out
+    return torch.cat((torch.view_as_real(pairs * turn).flatten(-2), rest), dim=-1)
+
+
+def _rotate_leading(t: Tensor, freqs: Tensor, scale: Tensor | float) -> Tensor:
+    """Rotate the first `freqs.shape[-1]` features of `t` by `freqs` (already broadcastable to `t`'s
+    leading dims); the other features pass through unchanged."""
+    rot_dim, dtype = freqs.shape[-1], t.dtype
     with torch.autocast(device_type=t.device.type, enabled=False):
         # The float32 frequencies promote the products (as in x-transformers): a half-precision `t` is
         # rotated in float32 without a float32 copy of it, and only the rotated features are cast back.
-        rotated, rest = t[..., :rot_dim], t[..., rot_dim:]
+        # one split, not two slices: its gradient is one concatenation, not two zero-filled buffers summed
+        rotated, rest = t.split((rot_dim, t.shape[-1] - rot_dim), dim=-1)
         cos, sin = freqs.cos(), freqs.sin()
         if torch.is_tensor(scale) or scale != 1.0:
             rotated = rotated * cos * scale + _rotate_pairs(rotated) * sin * scale
             rotated = rotated.to(dtype)
             return torch.cat((rotated, rest), dim=-1) if rest.shape[-1] else rotated
         # multiplying by a scale of 1.0 changes nothing: those two passes are skipped
-        if rest.shape[-1] and not (torch.is_grad_enabled() and t.requires_grad) and not _compiling():
+        if _complex_rotation_applies(t, freqs):
+            return _rotate_complex(t, rotated, rest, freqs)
+        if rest.shape[-1] and not (torch.is_grad_enabled() and t.requires_grad) and not compiling():
             # no autograd (and eager: a compiler fuses this itself): the rotated features are written, in
-            # t's dtype, straight into one output
-            out = torch.empty(t.shape, dtype=dtype, device=t.device)
+            # t's dtype, straight into one output, laid out as `t` is where `t` is dense (a [b, n, h, d]
+            # layout stays one, so attention's output needs no copy to become [b, n, h * d])
+            out = torch.empty_like(t)
             out[..., rot_dim:] = rest
             torch.addcmul(rotated * cos, _rotate_pairs(rotated), sin, out=out[..., :rot_dim])
             return out
         rotated = torch.addcmul(rotated * cos, _rotate_pairs(rotated), sin).to(dtype)
         return torch.cat((rotated, rest), dim=-1) if rest.shape[-1] else rotated
+
+
+def apply_rotary(t: Tensor, freqs: Tensor, scale: Tensor | float = 1.0) -> Tensor:
+    """Rotate the first `freqs.shape[-1]` features of `t` `[b, h, n, d]` by the last `n` positions of `freqs`."""
+    seq_len = t.shape[-2]
+    freqs = freqs[:, -seq_len:, :][:, None]
+    if torch.is_tensor(scale):
+        scale = scale[:, -seq_len:, :][:, None]
+    return _rotate_leading(t, freqs, scale)
+
+
+def apply_rotary_to_qk(qk: Tensor, freqs: Tensor) -> Tensor:
+    """Queries and keys stacked as `[b, n, 2, h, d]` (one projection's output, sequence on dim 1), both
+    rotated by the last `n` positions of `freqs` `[b or 1, n', rot]` in one pass (no xPos scale)."""
+    freqs = freqs[:, -qk.shape[1] :, :][:, :, None, None]
+    return _rotate_leading(qk, freqs, 1.0)
 
 
 def alibi_slopes(heads: int) -> list[float]:
