@@ -155,3 +155,32 @@ def test_rotating_queries_and_keys_together_equals_rotating_each(dtype: torch.dt
         tol = 1e-2 if dtype == torch.bfloat16 else 1e-6
         for i in range(2):
             assert torch.allclose(together[:, :, i].float(), expected[i].float(), atol=tol), (grad, i)
+
+
+def test_in_place_steps_leave_returned_hiddens_intact() -> None:
+    """Without autograd the GELU and the residual add write in place: every hidden state handed back must
+    still equal the one computed with autograd (where nothing is written in place)."""
+    torch.manual_seed(4)
+    model = xtf_core.build(_spec(rotary_pos_emb=True)).eval()
+    tokens = torch.randint(0, 64, (2, 24))
+    with torch.no_grad():
+        fast_out, fast = model(tokens, return_intermediates=True)
+    slow_out, slow = model(tokens, return_intermediates=True)
+    assert_close(slow_out.detach(), fast_out, "output")
+    assert len(fast.hiddens) == len(slow.hiddens) > 0
+    for i, (a, b) in enumerate(zip(slow.hiddens, fast.hiddens, strict=True)):
+        assert_close(a.detach(), b, f"hidden {i}")
+    for i, (a, b) in enumerate(zip(slow.attn_intermediates, fast.attn_intermediates, strict=True)):
+        for part in range(2):
+            assert_close(a.cached_kv[part].detach(), b.cached_kv[part], f"cached kv {i}.{part}")
+
+
+def test_fast_paths_stay_off_the_gpu_and_under_hooks() -> None:
+    model = xtf_core.build(_spec(rotary_pos_emb=True))
+    attention = next(m for m in model.modules() if isinstance(m, Attention))
+    assert attention._fused_qkv_weight() is not None
+    handle = attention.to_v.register_forward_pre_hook(lambda *_: None)
+    assert attention._fused_qkv_weight() is None
+    handle.remove()
+    attention.to("meta")  # any device but the CPU keeps the three projections
+    assert attention._fused_qkv_weight() is None

@@ -709,8 +709,11 @@ class Attention(nn.Module):
 
     def _fused_qkv_weight(self) -> Tensor | None:
         """`to_q`, `to_k` and `to_v`'s weights stacked, where one matmul over them computes exactly what the
-        three projections do: plain bias-free `nn.Linear`s (no hooks, no parametrization) of one dtype and
-        device, with as many key/value heads as query heads and one head size. None otherwise."""
+        three projections do: plain bias-free `nn.Linear`s (no hooks, no parametrization) of one dtype, on
+        the CPU, with as many key/value heads as query heads and one head size. None otherwise.
+
+        The stacked weight is built on each call (a copy of the three, small next to the activations), so
+        it is never stale and gradients reach the three parameters under their own names."""
         if (
             self.to_latent_q is not None
             or self.to_latent_kv is not None
@@ -726,6 +729,8 @@ class Attention(nn.Module):
                 return None
         weights = [linear.weight for linear in projections]
         first = weights[0]
+        if first.device.type != "cpu":  # measured on the CPU only: other devices keep three matmuls
+            return None
         if any(w.dtype != first.dtype or w.device != first.device for w in weights[1:]):
             return None
         return torch.cat(weights)

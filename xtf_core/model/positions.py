@@ -172,9 +172,13 @@ def _rotate_leading(t: Tensor, freqs: Tensor, scale: Tensor | float) -> Tensor:
             return _rotate_complex(t, rotated, rest, freqs)
         if rest.shape[-1] and not (torch.is_grad_enabled() and t.requires_grad) and not compiling():
             # no autograd (and eager: a compiler fuses this itself): the rotated features are written, in
-            # t's dtype, straight into one output, laid out as `t` is where `t` is dense (a [b, n, h, d]
-            # layout stays one, so attention's output needs no copy to become [b, n, h * d])
-            out = torch.empty_like(t)
+            # t's dtype, straight into one output; on the CPU laid out as `t` is where `t` is dense (a
+            # [b, n, h, d] layout stays one, so attention's output needs no copy to become [b, n, h * d])
+            out = (
+                torch.empty_like(t)
+                if t.device.type == "cpu"
+                else torch.empty(t.shape, dtype=dtype, device=t.device)
+            )
             out[..., rot_dim:] = rest
             torch.addcmul(rotated * cos, _rotate_pairs(rotated), sin, out=out[..., :rot_dim])
             return out
