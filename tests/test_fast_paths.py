@@ -184,3 +184,22 @@ def test_fast_paths_stay_off_the_gpu_and_under_hooks() -> None:
     handle.remove()
     attention.to("meta")  # any device but the CPU keeps the three projections
     assert attention._fused_qkv_weight() is None
+
+
+def test_the_fused_path_compiles_whole_and_matches_eager() -> None:
+    """torch.compile traces the fused projection (the in-place and complex steps step aside for it)."""
+    torch._dynamo.reset()
+    torch.manual_seed(5)
+    model = xtf_core.build(_spec(rotary_pos_emb=True, attn_flash=True))
+    assert _fusable(model) == 2
+    tokens = torch.randint(0, 64, (2, 24))
+    eager_logits, eager_grads = _train_step(model, tokens)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    logits, grads = _train_step(compiled, tokens)
+    grads = {name.removeprefix("_orig_mod."): grad for name, grad in grads.items()}
+    assert_close(eager_logits, logits, "compiled training output")
+    assert grads.keys() == eager_grads.keys()
+    for name, grad in eager_grads.items():
+        assert_close(grad, grads[name], f"compiled gradient of {name}")
+    with torch.inference_mode():
+        assert_close(model.eval()(tokens), compiled.eval()(tokens), "compiled inference output")

@@ -79,11 +79,11 @@ def _add_residual(out: Tensor, residual: Tensor) -> Tensor:
     """`out + residual`. Without autograd (and eager), written into `out`, the branch's own fresh output,
     rather than into a new buffer: the same sum, one allocation fewer per block."""
     if (
-        torch.is_grad_enabled()
+        compiling()
+        or torch.is_grad_enabled()
         or out.shape != residual.shape
         or out.dtype != residual.dtype
         or out.data_ptr() == residual.data_ptr()
-        or compiling()
     ):
         return out + residual
     return out.add_(residual)

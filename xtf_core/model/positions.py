@@ -124,9 +124,9 @@ def _complex_rotation_applies(t: Tensor, freqs: Tensor) -> bool:
     """Whether the rotation may run as one complex multiplication (see `_rotate_complex`): eager on the CPU,
     float32/float64 features and frequencies of one dtype, a layout that pairs view as complex numbers,
     and frequencies that come in equal pairs (as `RotaryEmbedding` makes them)."""
-    if t.device.type != "cpu" or t.dtype not in (torch.float32, torch.float64) or freqs.dtype != t.dtype:
+    if compiling() or t.device.type != "cpu" or t.dtype not in (torch.float32, torch.float64):
         return False
-    if freqs.shape[-1] % 2 or t.stride(-1) != 1 or t.storage_offset() % 2 or compiling():
+    if freqs.dtype != t.dtype or freqs.shape[-1] % 2 or t.stride(-1) != 1 or t.storage_offset() % 2:
         return False
     if any(stride % 2 for stride in t.stride()[:-1]):
         return False
