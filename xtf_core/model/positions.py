@@ -162,14 +162,15 @@ def _rotate_leading(t: Tensor, freqs: Tensor, scale: Tensor | float) -> Tensor:
         # rotated in float32 without a float32 copy of it, and only the rotated features are cast back.
         # one split, not two slices: its gradient is one concatenation, not two zero-filled buffers summed
         rotated, rest = t.split((rot_dim, t.shape[-1] - rot_dim), dim=-1)
+        unit_scale = not torch.is_tensor(scale) and scale == 1.0
+        if unit_scale and _complex_rotation_applies(t, freqs):
+            return _rotate_complex(t, rotated, rest, freqs)
         cos, sin = freqs.cos(), freqs.sin()
-        if torch.is_tensor(scale) or scale != 1.0:
+        if not unit_scale:
             rotated = rotated * cos * scale + _rotate_pairs(rotated) * sin * scale
             rotated = rotated.to(dtype)
             return torch.cat((rotated, rest), dim=-1) if rest.shape[-1] else rotated
         # multiplying by a scale of 1.0 changes nothing: those two passes are skipped
-        if _complex_rotation_applies(t, freqs):
-            return _rotate_complex(t, rotated, rest, freqs)
         if rest.shape[-1] and not (torch.is_grad_enabled() and t.requires_grad) and not compiling():
             # no autograd (and eager: a compiler fuses this itself): the rotated features are written, in
             # t's dtype, straight into one output; on the CPU laid out as `t` is where `t` is dense (a
