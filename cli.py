@@ -93,7 +93,8 @@ class XtfGroup(click.Group):
                     raise
                 silence_stdout()
                 code = EXIT_OK
-            sys.stdout.flush()
+            if sys.stdout is not None:  # descriptor 1 closed (`xtf ... >&-`): click printed nothing
+                sys.stdout.flush()
         except OSError as exc:  # the final flush into a closed pipe: the reader has what it wanted
             if not is_closed_pipe(exc):
                 raise

@@ -38,7 +38,7 @@ def error(text: str) -> None:
     try:
         sys.stderr.write(f"error: {one_line(text)}\n")
         sys.stderr.flush()
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):  # AttributeError: descriptor 2 closed, no sys.stderr
         pass
 
 

@@ -59,8 +59,9 @@ def _inspect(path: str, as_json: bool) -> int:
             text = json.dumps(summary.to_json(), indent=2, sort_keys=True)
         else:
             text = "\n".join(summary.describe())
-        sys.stdout.write(text + "\n")
-        sys.stdout.flush()
+        if sys.stdout is not None:  # a closed descriptor 1 leaves no stdout: nothing to say, as click does
+            sys.stdout.write(text + "\n")
+            sys.stdout.flush()
     except XtfError as exc:
         error(str(exc))
         return EXIT_ERROR

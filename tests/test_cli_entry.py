@@ -112,3 +112,25 @@ def test_fast_inspect_into_a_closed_pipe_exits_quietly(env, files):
     finally:
         os.close(write_end)
     assert done.returncode == 0 and done.stderr == b""
+
+
+def _closing(fd):
+    return lambda: os.close(fd)
+
+
+@pytest.mark.parametrize("command", [ENTRY, CLICK], ids=["entry", "click"])
+def test_closed_stdout_or_stderr_is_no_traceback(env, files, command):
+    """`xtf inspect F >&-` prints nothing and succeeds (as into a closed pipe); `2>&-` keeps the status."""
+    for args in (["inspect", str(files["old"])], ["history"]):
+        done = subprocess.run(
+            [*command, *args], stderr=subprocess.PIPE, env=env, timeout=120, preexec_fn=_closing(1)
+        )
+        assert done.returncode == 0 and done.stderr == b"", (args, done.stderr[-300:])
+    failed = subprocess.run(
+        [*command, "inspect", str(files["missing"])],
+        stdout=subprocess.PIPE,
+        env=env,
+        timeout=120,
+        preexec_fn=_closing(2),
+    )
+    assert failed.returncode == 1 and failed.stdout == b""
