@@ -249,26 +249,13 @@ def history(as_json: bool) -> None:
     from xtf_core.chain.graph import default_chain
 
     steps = default_chain().steps
-    rows = [
-        {
-            "id": step.id,
-            "from": str(step.down_revision),
-            "to": str(step.revision),
-            "reversible": step.reversible,
-            "irreversible_reason": step.irreversible_reason,
-            "summary": step.summary,
-            "module": step.module,
-        }
-        for step in steps
-    ]
     if as_json:
-        _print_json(rows)
+        _print_json([step.to_json() for step in steps])
         return
-    if not rows:
+    if not steps:
         click.echo("no migration steps: every checkpoint of this lineage shares one layout")
-    for row in rows:
-        reversibility = "reversible" if row["reversible"] else f"irreversible: {row['irreversible_reason']}"
-        click.echo(f"{row['from']} -> {row['to']}  {row['id']}  ({reversibility})  {row['summary']}")
+    for step in steps:
+        click.echo(step.describe())
 
 
 @main.command()

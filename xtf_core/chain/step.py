@@ -59,6 +59,23 @@ class Step:
     def reversible(self) -> bool:
         return self.irreversible_reason is None
 
+    def to_json(self) -> dict[str, object]:
+        """What `xtf history --json` lists for this step."""
+        return {
+            "id": self.id,
+            "from": str(self.down_revision),
+            "to": str(self.revision),
+            "reversible": self.reversible,
+            "irreversible_reason": self.irreversible_reason,
+            "summary": self.summary,
+            "module": self.module,
+        }
+
+    def describe(self) -> str:
+        """The step as one `xtf history` line."""
+        reversibility = "reversible" if self.reversible else f"irreversible: {self.irreversible_reason}"
+        return f"{self.down_revision} -> {self.revision}  {self.id}  ({reversibility})  {self.summary}"
+
     def upgrade_ops(self, spec: dict) -> list[Op]:
         """The ops that take tensors laid out for `spec` (the pre-step spec) to the new layout."""
         ops = self.ops(copy.deepcopy(spec)) if callable(self.ops) else self.ops
