@@ -289,3 +289,21 @@ def test_spec_of_rejects_foreign_modules():
         xtf_core.spec_of(torch.nn.Linear(2, 2))
     with pytest.raises(SpecError):
         xtf_core.spec_of(x_transformers.Decoder(dim=8, depth=1))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"alibi_pos_bias": True, "dynamic_pos_bias": True},
+        {"use_rmsnorm": True, "use_dynamic_tanh": True},
+        {"use_simple_rmsnorm": True, "use_adaptive_rmsnorm": True, "dim_condition": 8},
+        {"orthog_residual": True, "mv_split_residual": True},
+        {"use_layerscale": True, "use_adaptive_layerscale": True, "dim_condition": 8},
+    ],
+    ids=["position-biases", "norms", "adaptive-norms", "residuals", "layerscales"],
+)
+def test_exclusive_options_are_refused_naming_both(options):
+    chosen = [name for name, value in options.items() if value is True]
+    with pytest.raises(SpecError, match="choose at most one of") as refused:
+        xtf_core.Decoder(dim=16, depth=1, heads=2, **options)
+    assert all(name in str(refused.value) for name in chosen)

@@ -89,6 +89,29 @@ def _add_residual(out: Tensor, residual: Tensor) -> Tensor:
     return out.add_(residual)
 
 
+# Options of which a stack may set at most one (checked before anything is built).
+EXCLUSIVE_OPTIONS = (
+    ("alibi_pos_bias", "rel_pos_bias", "dynamic_pos_bias"),
+    (
+        "use_scalenorm",
+        "use_rmsnorm",
+        "use_simple_rmsnorm",
+        "use_dynamic_tanh",
+        "use_derf",
+        "use_adaptive_layernorm",
+        "use_adaptive_rmsnorm",
+    ),
+    ("gate_residual", "orthog_residual", "mv_split_residual"),
+    ("use_layerscale", "use_adaptive_layerscale"),
+)
+
+
+def _at_most_one(owner: str, options: LayerOptions, names: tuple[str, ...]) -> None:
+    """A SpecError naming `names` when more than one of those options is set."""
+    if sum(bool(getattr(options, name)) for name in names) > 1:
+        raise SpecError(f"{owner}: choose at most one of {', '.join(names[:-1])} and {names[-1]}")
+
+
 class Scale(nn.Module):
     """Multiply the wrapped block's output by a constant (macaron's half step, a float `scale_residual`)."""
 
@@ -552,28 +575,8 @@ class AttentionLayers(SpecRecorder, nn.Module):
                     f"{owner}: qkv_receive_diff_residuals needs one source of views: residual streams "
                     "(num_residual_streams > 1 or gated_multi_residual) or attn_aggregated_residuals"
                 )
-        if sum(map(bool, (o.alibi_pos_bias, o.rel_pos_bias, o.dynamic_pos_bias))) > 1:
-            raise SpecError(
-                f"{owner}: choose at most one of alibi_pos_bias, rel_pos_bias and dynamic_pos_bias"
-            )
-        norm_flags = (
-            o.use_scalenorm,
-            o.use_rmsnorm,
-            o.use_simple_rmsnorm,
-            o.use_dynamic_tanh,
-            o.use_derf,
-            o.use_adaptive_layernorm,
-            o.use_adaptive_rmsnorm,
-        )
-        if sum(map(bool, norm_flags)) > 1:
-            raise SpecError(
-                f"{owner}: choose at most one of use_scalenorm, use_rmsnorm, use_simple_rmsnorm, use_dynamic_tanh, "
-                "use_derf, use_adaptive_layernorm, use_adaptive_rmsnorm"
-            )
-        if sum(map(bool, (o.gate_residual, o.orthog_residual, o.mv_split_residual))) > 1:
-            raise SpecError(
-                f"{owner}: choose at most one of gate_residual, orthog_residual and mv_split_residual"
-            )
+        for exclusive in EXCLUSIVE_OPTIONS:
+            _at_most_one(owner, o, exclusive)
         if o.num_residual_streams < 1:
             raise SpecError(f"{owner}: num_residual_streams must be at least 1")
         if o.num_residual_streams > 1 and (o.gate_residual or o.orthog_residual or o.mv_split_residual):
@@ -584,8 +587,6 @@ class AttentionLayers(SpecRecorder, nn.Module):
         self.stream_emb = (
             nn.Parameter(torch.zeros(o.num_residual_streams, o.dim)) if o.num_residual_streams > 1 else None
         )
-        if o.use_layerscale and o.use_adaptive_layerscale:
-            raise SpecError(f"{owner}: choose at most one of use_layerscale and use_adaptive_layerscale")
         if o.use_dynamic_tanh and not o.pre_norm:
             raise SpecError(f"{owner}: use_dynamic_tanh needs pre_norm=True")
         if o.rotary_xpos and not o.causal:
