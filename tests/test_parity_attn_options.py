@@ -139,22 +139,28 @@ def _cached_steps(model: Any, tokens: torch.Tensor, prompt_len: int) -> torch.Te
     return torch.stack(steps, dim=1)
 
 
-# ---------------------------------------------------------------------------------------------- per option
-
-
-@pytest.mark.parametrize("name", sorted(OPTIONS))
-def test_decoder_option_parity_with_mask_and_kv_cache(name):
-    ref, ours = paired(_tw(_layers("Decoder", depth=1, **_prefixed("attn_", OPTIONS[name]))))
-    tokens = _tokens(2, 7, seed=1)
-    mask = seeded_mask(2, 7, seed=2)
+def _assert_decoder_parity(ref: Any, ours: Any, seq: int = 7, cache_consistent: bool = True) -> None:
+    """Logits, masked logits and cached decoding (prompt of 3) agree with x-transformers; with
+    `cache_consistent`, xtf's cached steps also equal its own full pass."""
+    tokens = _tokens(2, seq, seed=1)
+    mask = seeded_mask(2, seq, seed=2)
     with torch.no_grad():
         full = ours(tokens)
         assert_close(ref(tokens), full, "logits")
         assert_close(ref(tokens, mask=mask), ours(tokens, mask=mask), "masked logits")
         ours_cached = _cached_steps(ours, tokens, prompt_len=3)
         assert_close(_cached_steps(ref, tokens, prompt_len=3), ours_cached, "cached logits")
-        if name not in NOT_CACHE_CONSISTENT:
+        if cache_consistent:
             assert_close(full[:, 2:], ours_cached, "cached vs full logits")
+
+
+# ---------------------------------------------------------------------------------------------- per option
+
+
+@pytest.mark.parametrize("name", sorted(OPTIONS))
+def test_decoder_option_parity_with_mask_and_kv_cache(name):
+    ref, ours = paired(_tw(_layers("Decoder", depth=1, **_prefixed("attn_", OPTIONS[name]))))
+    _assert_decoder_parity(ref, ours, cache_consistent=name not in NOT_CACHE_CONSISTENT)
 
 
 @pytest.mark.parametrize("name", sorted(OPTIONS))
@@ -373,15 +379,7 @@ def test_data_dependent_alibi_parity(options, cls):
 )
 def test_cope_parity_with_mask_and_cache(options):
     ref, ours = paired(_tw(_layers("Decoder", attn_use_cope=True, **options)))
-    tokens = _tokens(2, 7, seed=1)
-    mask = seeded_mask(2, 7, seed=2)
-    with torch.no_grad():
-        full = ours(tokens)
-        assert_close(ref(tokens), full, "logits")
-        assert_close(ref(tokens, mask=mask), ours(tokens, mask=mask), "masked logits")
-        ours_cached = _cached_steps(ours, tokens, prompt_len=3)
-        assert_close(_cached_steps(ref, tokens, prompt_len=3), ours_cached, "cached logits")
-        assert_close(full[:, 2:], ours_cached, "cached vs full logits")
+    _assert_decoder_parity(ref, ours)
 
 
 def test_gumbel_softmax_parity_under_the_same_seed():
@@ -494,15 +492,7 @@ def test_random_option_combinations_match_with_mask_and_cache(options, position)
     elif position != "none":
         layers[f"{position}_pos_bias" if position == "alibi" else "rel_pos_bias"] = True
     ref, ours = paired_or_reject(_tw(layers))
-    tokens = _tokens(2, 6, seed=1)
-    mask = seeded_mask(2, 6, seed=2)
-    with torch.no_grad():
-        full = ours(tokens)
-        assert_close(ref(tokens), full, "logits")
-        assert_close(ref(tokens, mask=mask), ours(tokens, mask=mask), "masked logits")
-        ours_cached = _cached_steps(ours, tokens, prompt_len=3)
-        assert_close(_cached_steps(ref, tokens, prompt_len=3), ours_cached, "cached logits")
-        assert_close(full[:, 2:], ours_cached, "cached vs full logits")
+    _assert_decoder_parity(ref, ours, seq=6)
 
 
 # ---------------------------------------------------------------------------------------------- training mode
