@@ -181,14 +181,12 @@ save_file({{"tokens": tokens, "logits": logits.contiguous()}}, sys.argv[1] + "/i
 """
 
 
-@pytest.mark.parametrize("release", ["0.27.1", "1.0.4", "1.26.0"])
-def test_a_config_with_ignored_kwargs_converts_with_the_releases_outputs(
-    tmp_path: Path, release: str
-) -> None:
-    run_in_release(release, textwrap.dedent(BUILD_SCRIPT.format(call=CALL)), str(tmp_path))
+def _convert_from_release(tmp_path: Path, release: str, call: str) -> tuple[str, Path]:
+    """Build `call` in the real `release` (BUILD_SCRIPT) and convert its state dict with `xtf convert --from`;
+    returns the command's output and the converted file."""
+    run_in_release(release, textwrap.dedent(BUILD_SCRIPT.format(call=call)), str(tmp_path))
     out = tmp_path / "model.safetensors"
-    cli = CliRunner()
-    result = cli.invoke(
+    result = CliRunner().invoke(
         main,
         [
             "convert",
@@ -196,24 +194,38 @@ def test_a_config_with_ignored_kwargs_converts_with_the_releases_outputs(
             "--from",
             f"x-transformers=={release}",
             "--config",
-            CALL,
+            call,
             "-o",
             str(out),
         ],
     )
     assert result.exit_code == 0, result.output
-    assert f"ignored, as x-transformers {release} did:" in result.output
+    return result.output, out
+
+
+def _assert_release_outputs(tmp_path: Path, out: Path) -> None:
+    """The converted file computes what the release computed on the tokens BUILD_SCRIPT saved."""
+    io = load_file(tmp_path / "io.safetensors")
+    with torch.no_grad():
+        ours = load(out)(io["tokens"])
+    assert (ours - io["logits"]).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("release", ["0.27.1", "1.0.4", "1.26.0"])
+def test_a_config_with_ignored_kwargs_converts_with_the_releases_outputs(
+    tmp_path: Path, release: str
+) -> None:
+    output, out = _convert_from_release(tmp_path, release, CALL)
+    assert f"ignored, as x-transformers {release} did:" in output
     for name in IGNORED:
-        assert f"attn_layers.{name}=" in result.output
+        assert f"attn_layers.{name}=" in output
+    cli = CliRunner()
     recorded = json.loads(read_checkpoint_headers(out).metadata["xtf.ignored"])
     assert [item["option"] for item in recorded] == IGNORED
     shown = cli.invoke(main, ["inspect", str(out)])
     assert shown.exit_code == 0 and "attn_layers.flash_attn=True" in shown.output
     assert json.loads(cli.invoke(main, ["inspect", str(out), "--json"]).output)["ignored"] == recorded
-    io = load_file(tmp_path / "io.safetensors")
-    with torch.no_grad():
-        ours = load(out)(io["tokens"])
-    assert (ours - io["logits"]).abs().max().item() <= 1e-4
+    _assert_release_outputs(tmp_path, out)
 
 
 def test_an_old_name_converts_under_it(tmp_path: Path) -> None:
@@ -221,50 +233,14 @@ def test_an_old_name_converts_under_it(tmp_path: Path) -> None:
         "TransformerWrapper(num_tokens=64, max_seq_len=32, use_pos_emb=False, "
         "attn_layers=Decoder(dim=32, depth=2, heads=4, attn_talking_heads=False))"
     )
-    run_in_release("0.25.7", textwrap.dedent(BUILD_SCRIPT.format(call=call)), str(tmp_path))
-    out = tmp_path / "model.safetensors"
-    result = CliRunner().invoke(
-        main,
-        [
-            "convert",
-            str(tmp_path / "model.pt"),
-            "--from",
-            "x-transformers==0.25.7",
-            "--config",
-            call,
-            "-o",
-            str(out),
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    assert "read 'use_pos_emb' as use_abs_pos_emb" in result.output
-    io = load_file(tmp_path / "io.safetensors")
-    with torch.no_grad():
-        ours = load(out)(io["tokens"])
-    assert (ours - io["logits"]).abs().max().item() <= 1e-4
+    output, out = _convert_from_release(tmp_path, "0.25.7", call)
+    assert "read 'use_pos_emb' as use_abs_pos_emb" in output
+    _assert_release_outputs(tmp_path, out)
 
 
 def test_a_stacks_own_dim_head_converts_as_attn_dim_head(tmp_path: Path) -> None:
     """Before 0.0.22 (Encoder) / 0.0.26 (Decoder) the head size was the stack's own `dim_head`."""
     call = "TransformerWrapper(num_tokens=64, max_seq_len=32, attn_layers=Decoder(dim=32, depth=2, heads=4, dim_head=16))"
-    run_in_release("0.0.20", textwrap.dedent(BUILD_SCRIPT.format(call=call)), str(tmp_path))
-    out = tmp_path / "model.safetensors"
-    result = CliRunner().invoke(
-        main,
-        [
-            "convert",
-            str(tmp_path / "model.pt"),
-            "--from",
-            "x-transformers==0.0.20",
-            "--config",
-            call,
-            "-o",
-            str(out),
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    assert "read 'dim_head' as attn_dim_head" in result.output
-    io = load_file(tmp_path / "io.safetensors")
-    with torch.no_grad():
-        ours = load(out)(io["tokens"])
-    assert (ours - io["logits"]).abs().max().item() <= 1e-4
+    output, out = _convert_from_release(tmp_path, "0.0.20", call)
+    assert "read 'dim_head' as attn_dim_head" in output
+    _assert_release_outputs(tmp_path, out)
