@@ -171,6 +171,17 @@ def assert_close(a: Any, b: Any, what: str = "output", atol: float = ATOL) -> No
     assert diff <= tol, f"{what}: max abs diff {diff:.3e} > {tol:.1e}"
 
 
+def cached_steps(model: Any, tokens: Tensor, prompt_len: int, **kwargs: Any) -> Tensor:
+    """Last-position logits of incremental decoding with the kv cache, for positions prompt_len-1 .. n-1
+    (`kwargs` go to every call)."""
+    logits, cache = model(tokens[:, :prompt_len], return_intermediates=True, **kwargs)
+    steps = [logits[:, -1]]
+    for t in range(prompt_len + 1, tokens.shape[1] + 1):
+        logits, cache = model(tokens[:, :t], cache=cache, return_intermediates=True, **kwargs)
+        steps.append(logits[:, -1])
+    return torch.stack(steps, dim=1)
+
+
 def seeded_randn(*shape: int, seed: int) -> Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 

@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from parity_configs import (
     assert_close,
+    cached_steps,
     paired,
     paired_or_reject,
     seeded_mask,
@@ -130,15 +131,6 @@ def _tokens(batch: int, seq: int, seed: int) -> torch.Tensor:
     return torch.randint(0, NUM_TOKENS, (batch, seq), generator=torch.Generator().manual_seed(seed))
 
 
-def _cached_steps(model: Any, tokens: torch.Tensor, prompt_len: int) -> torch.Tensor:
-    logits, cache = model(tokens[:, :prompt_len], return_intermediates=True)
-    steps = [logits[:, -1]]
-    for t in range(prompt_len + 1, tokens.shape[1] + 1):
-        logits, cache = model(tokens[:, :t], cache=cache, return_intermediates=True)
-        steps.append(logits[:, -1])
-    return torch.stack(steps, dim=1)
-
-
 def _assert_decoder_parity(ref: Any, ours: Any, seq: int = 7, cache_consistent: bool = True) -> None:
     """Logits, masked logits and cached decoding (prompt of 3) agree with x-transformers; with
     `cache_consistent`, xtf's cached steps also equal its own full pass."""
@@ -148,8 +140,8 @@ def _assert_decoder_parity(ref: Any, ours: Any, seq: int = 7, cache_consistent: 
         full = ours(tokens)
         assert_close(ref(tokens), full, "logits")
         assert_close(ref(tokens, mask=mask), ours(tokens, mask=mask), "masked logits")
-        ours_cached = _cached_steps(ours, tokens, prompt_len=3)
-        assert_close(_cached_steps(ref, tokens, prompt_len=3), ours_cached, "cached logits")
+        ours_cached = cached_steps(ours, tokens, prompt_len=3)
+        assert_close(cached_steps(ref, tokens, prompt_len=3), ours_cached, "cached logits")
         if cache_consistent:
             assert_close(full[:, 2:], ours_cached, "cached vs full logits")
 
@@ -329,8 +321,8 @@ def test_multi_latent_attention_with_rotary_sub_heads_and_cache():
     with torch.no_grad():
         full = ours(tokens)
         assert_close(ref(tokens), full, "logits")
-        ours_cached = _cached_steps(ours, tokens, prompt_len=3)
-        assert_close(_cached_steps(ref, tokens, prompt_len=3), ours_cached, "cached logits")
+        ours_cached = cached_steps(ours, tokens, prompt_len=3)
+        assert_close(cached_steps(ref, tokens, prompt_len=3), ours_cached, "cached logits")
         assert_close(full[:, 2:], ours_cached, "cached vs full logits")
         _, cache = ours(tokens[:, :3], return_intermediates=True)
     latent, sub_heads = cache.attn_intermediates[0].cached_kv

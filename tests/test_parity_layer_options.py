@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from parity_configs import (
     PARITY_SETTINGS,
     assert_close,
+    cached_steps,
     paired,
     paired_or_reject,
     seeded_mask,
@@ -61,15 +62,6 @@ def tw(cls: str, max_mem_len: int = 0, **layer_options: Any) -> dict[str, Any]:
 
 def tokens(batch: int, seq: int, seed: int) -> torch.Tensor:
     return torch.randint(0, NUM_TOKENS, (batch, seq), generator=torch.Generator().manual_seed(seed))
-
-
-def cached_steps(model: Any, toks: torch.Tensor, prompt_len: int, **kw: Any) -> torch.Tensor:
-    logits, cache = model(toks[:, :prompt_len], return_intermediates=True, **kw)
-    steps = [logits[:, -1]]
-    for t in range(prompt_len + 1, toks.shape[1] + 1):
-        logits, cache = model(toks[:, :t], cache=cache, return_intermediates=True, **kw)
-        steps.append(logits[:, -1])
-    return torch.stack(steps, dim=1)
 
 
 def check_decoder(options: dict[str, Any], cache: bool = True, **kw: Any) -> None:

@@ -19,6 +19,7 @@ from parity_configs import (
     assert_close,
     assert_same_greedy,
     attn_layers_spec,
+    cached_steps,
     continuous_wrapper_spec,
     max_abs_diff,
     paired,
@@ -106,16 +107,6 @@ def check_xtransformer_generate(
         return ref.decoder.net(tokens, context=encoded[row : row + 1], context_mask=row_mask)[:, -1]
 
     assert_same_greedy(logits_at, start, ref_out, our_out, "greedy tokens")
-
-
-def cached_steps(model: Any, tokens: torch.Tensor, prompt_len: int) -> torch.Tensor:
-    """Last-position logits of incremental decoding with the kv cache, for positions prompt_len-1 .. n-1."""
-    logits, cache = model(tokens[:, :prompt_len], return_intermediates=True)
-    steps = [logits[:, -1]]
-    for t in range(prompt_len + 1, tokens.shape[1] + 1):
-        logits, cache = model(tokens[:, :t], cache=cache, return_intermediates=True)
-        steps.append(logits[:, -1])
-    return torch.stack(steps, dim=1)
 
 
 def check_cached_logits(ref: Any, ours: Any, tokens: torch.Tensor, prompt_len: int) -> None:
