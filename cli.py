@@ -14,14 +14,13 @@ from typing import TYPE_CHECKING
 import click
 
 from xtf_cli.console import (
-    EXIT_ERROR,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
     error,
     is_closed_pipe,
     one_line,
-    os_error_text,
+    report_failure,
     silence_stdout,
 )
 from xtf_core.errors import XtfError
@@ -48,15 +47,8 @@ class XtfGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except XtfError as exc:
-            error(str(exc))
-            ctx.exit(EXIT_ERROR)
-        except OSError as exc:
-            if is_closed_pipe(exc):  # the reader (e.g. `head`) has what it wanted
-                silence_stdout()
-                ctx.exit(EXIT_OK)
-            error(os_error_text(exc))
-            ctx.exit(EXIT_ERROR)
+        except (XtfError, OSError) as exc:
+            ctx.exit(report_failure(exc))
 
     def make_context(self, info_name, args, parent=None, **extra):  # type: ignore[override]
         try:

@@ -11,6 +11,8 @@ import errno
 import os
 import sys
 
+from xtf_core.errors import XtfError
+
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -57,3 +59,15 @@ def silence_stdout() -> None:
 
 def is_closed_pipe(exc: BaseException) -> bool:
     return isinstance(exc, BrokenPipeError) or (isinstance(exc, OSError) and exc.errno == errno.EPIPE)
+
+
+def report_failure(exc: XtfError | OSError) -> int:
+    """Say how a command failed (one error line; nothing for a closed pipe) and return its exit status.
+
+    `XtfError` (from the library) and `OSError` (disk full, permission denied, ...) exit 1; output cut short
+    by a reader that went away (`head`) ends quietly with 0."""
+    if is_closed_pipe(exc):  # the reader has what it wanted
+        silence_stdout()
+        return EXIT_OK
+    error(os_error_text(exc) if isinstance(exc, OSError) else str(exc))
+    return EXIT_ERROR

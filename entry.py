@@ -38,15 +38,7 @@ def _plain_inspect(args: list[str]) -> tuple[str, bool] | None:
 
 def _inspect(path: str, as_json: bool) -> int:
     """What `xtf inspect` prints and returns, without click."""
-    from xtf_cli.console import (
-        EXIT_ERROR,
-        EXIT_INTERRUPTED,
-        EXIT_OK,
-        error,
-        is_closed_pipe,
-        os_error_text,
-        silence_stdout,
-    )
+    from xtf_cli.console import EXIT_INTERRUPTED, EXIT_OK, error, report_failure
     from xtf_core.errors import XtfError
 
     try:
@@ -62,15 +54,8 @@ def _inspect(path: str, as_json: bool) -> int:
         if sys.stdout is not None:  # a closed descriptor 1 leaves no stdout: nothing to say, as click does
             sys.stdout.write(text + "\n")
             sys.stdout.flush()
-    except XtfError as exc:
-        error(str(exc))
-        return EXIT_ERROR
-    except OSError as exc:
-        if is_closed_pipe(exc):  # the reader (e.g. `head`) has what it wanted
-            silence_stdout()
-            return EXIT_OK
-        error(os_error_text(exc))
-        return EXIT_ERROR
+    except (XtfError, OSError) as exc:
+        return report_failure(exc)
     except KeyboardInterrupt:
         error("interrupted")
         return EXIT_INTERRUPTED
