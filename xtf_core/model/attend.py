@@ -2,7 +2,8 @@
 
 Two paths compute the same function. `F.scaled_dot_product_attention` is used whenever the caller needs
 neither the attention logits (residual attention) nor the attention maps; otherwise an explicit
-softmax path runs. Rows whose every key is masked attend to nothing: their output is zero, and they
+softmax path runs. Plain causal self-attention while training on the CPU may instead take the blocked
+path of `blocked_attention`, where that was measured faster. Rows whose every key is masked attend to nothing: their output is zero, and they
 never produce NaN values or NaN gradients on either path.
 """
 
@@ -17,6 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UnsupportedOptionError
+from .blocked_attention import applies as blocked_applies
+from .blocked_attention import blocked_causal_attention
 
 
 @dataclass
@@ -61,6 +64,8 @@ def attend(
         causal = False  # a single new query sees every cached key
     fast_causal = causal and i == j and mask is None and attn_bias is None and not need_logits
     fast_causal = fast_causal and prev_attn is None
+    if fast_causal and blocked_applies(q, k, v, dropout_p):  # CPU training: see blocked_attention
+        return blocked_causal_attention(q, k, v, scale), AttentionIntermediates()
     if fast_causal:
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, dropout_p=dropout_p)
         return out, AttentionIntermediates()
