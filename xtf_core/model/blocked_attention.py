@@ -8,7 +8,7 @@ backward pass is four batched matmuls per block with no recomputation.
 
 It computes the function `F.scaled_dot_product_attention(q, k, v, is_causal=True)` computes, to float32
 rounding, and is chosen only where it was measured faster (`applies`); everywhere else the caller keeps
-the SDPA kernel. On the 2-core development VM, forward plus backward of one attention takes 0.7x to 0.9x
+the SDPA kernel. On the 2-core development VM, forward plus backward of one attention takes 0.65x to 0.9x
 the flash kernel's time at 256 to 1024 positions (`benchmarks/bench_blocked_attention.py` re-measures
 the bounds below on another machine), which is most of what puts xtf's CPU training step ahead of
 x-transformers' (`benchmarks/bench_forward.py`).
