@@ -94,6 +94,8 @@ def test_applies_only_to_float32_cpu_training_at_the_measured_sizes() -> None:
     q, k, v = _qkv(2, 4, 512, 64)
     assert not applies(q, k[:, :, :256], v[:, :, :256], dropout_p=0.0)  # not self-attention
     assert not applies(*_qkv(16, 8, 1024, 16), dropout_p=0.0)  # would keep more than MAX_SAVED_BYTES
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not applies(*_qkv(4, 4, 512, 64), dropout_p=0.0)
     assert saved_bytes(16 * 8, 1024) > MAX_SAVED_BYTES >= saved_bytes(4 * 4, 1024)
     assert saved_bytes(1, BLOCK + 1) == 4 * (BLOCK * BLOCK + BLOCK + 1)
 
@@ -164,3 +166,24 @@ def test_compiled_training_keeps_the_sdpa_kernel_and_matches_eager(monkeypatch: 
     assert_close(eager_logits, logits, "compiled training logits")
     for name, grad in eager_grads.items():
         assert_close(grad, grads[name], f"compiled gradient of {name}")
+
+
+def test_torch_func_gradients_keep_the_sdpa_kernel_and_match_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per-sample gradients and other torch.func transforms run through the SDPA kernel; eager training at
+    the same size takes the blocked path, and both give the same gradients."""
+    calls = _count_blocked_calls(monkeypatch)
+    torch.manual_seed(13)
+    model = xtf_core.build(_spec()).train()
+    tokens = torch.randint(0, 64, (2, 256), generator=torch.Generator().manual_seed(14))
+    params = {name: p.detach() for name, p in model.named_parameters()}
+
+    def loss(params: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = torch.func.functional_call(model, params, (tokens,))
+        return F.cross_entropy(logits.flatten(0, 1), tokens.flatten())
+
+    transformed = torch.func.grad(loss)(params)
+    assert not calls
+    F.cross_entropy(model(tokens).flatten(0, 1), tokens.flatten()).backward()
+    assert len(calls) == 2
+    for name, p in model.named_parameters():
+        assert_close(p.grad, transformed[name], f"gradient of {name}")

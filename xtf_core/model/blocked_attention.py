@@ -40,8 +40,9 @@ def saved_bytes(batch_heads: int, positions: int) -> int:
 
 def applies(q: Tensor, k: Tensor, v: Tensor, dropout_p: float) -> bool:
     """Whether causal self-attention of `q, k, v [b, h, n, d]` takes the blocked path: float32 on the CPU
-    with autograd recording, no dropout, no tracing by torch.compile, and a size measured faster."""
-    if dropout_p or q.device.type != "cpu" or compiling():
+    with autograd recording, no dropout, no autocast, no torch.compile or torch.func transform (vmap, grad,
+    ...) at work, and a size measured faster."""
+    if dropout_p or q.device.type != "cpu" or compiling() or _cpu_autocast() or _functorch_active():
         return False
     if not torch.is_grad_enabled() or not (q.requires_grad or k.requires_grad or v.requires_grad):
         return False
@@ -53,6 +54,20 @@ def applies(q: Tensor, k: Tensor, v: Tensor, dropout_p: float) -> bool:
     if not MIN_POSITIONS <= n <= MAX_POSITIONS or b * h * d < MIN_BATCH_FEATURES or n * d < MIN_ROW_FEATURES:
         return False
     return saved_bytes(b * h, n) <= MAX_SAVED_BYTES
+
+
+def _cpu_autocast() -> bool:
+    """Whether autocast is on for the CPU (it would run the blocked matmuls in lower precision)."""
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4 takes no device type
+        return torch.is_autocast_cpu_enabled()
+
+
+def _functorch_active() -> bool:
+    """Whether a torch.func transform is running (the blocked function defines no transform rules)."""
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return bool(active()) if active is not None else False
 
 
 def blocked_causal_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
