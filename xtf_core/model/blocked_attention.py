@@ -22,7 +22,7 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 
 from .norms import compiling
 
-BLOCK = 64  # query rows per block: 32 and 128 were slower at every measured size
+BLOCK = 64  # query rows per block: 32 was no faster at the measured sizes, 128 slower
 MIN_POSITIONS, MAX_POSITIONS = 256, 1024  # outside this range the flash kernel was as fast or faster
 MIN_BATCH_FEATURES = 512  # batch x heads x head size below this: per-block overhead outweighs the saving
 MIN_ROW_FEATURES = 16384  # positions x head size below this (256 x 32): thin matmuls, no saving measured
@@ -83,7 +83,9 @@ class _BlockedCausal(torch.autograd.Function):
         # the queries scaled once (one pass, which also lays them out for `bmm`), not every block's logits
         q3, k3, v3 = (q * scale).reshape(b * h, n, d), k.reshape(b * h, n, d), v.reshape(b * h, n, e)
         out = q.new_empty(b * h, n, e)
-        above = torch.ones(BLOCK, BLOCK, dtype=torch.bool).triu_(1)  # a block's own keys it may not see
+        above = torch.ones(BLOCK, BLOCK, dtype=torch.bool, device=q.device).triu_(
+            1
+        )  # a block's own keys it may not see
         probs = []
         for lo in range(0, n, BLOCK):
             hi = min(lo + BLOCK, n)
