@@ -3,8 +3,8 @@
 Two paths compute the same function. `F.scaled_dot_product_attention` is used whenever the caller needs
 neither the attention logits (residual attention) nor the attention maps; otherwise an explicit
 softmax path runs. Plain causal self-attention while training on the CPU may instead take the blocked
-path of `blocked_attention`, where that was measured faster. Rows whose every key is masked attend to nothing: their output is zero, and they
-never produce NaN values or NaN gradients on either path.
+path of `blocked_attention`, where that was measured faster. Rows whose every key is masked attend to
+nothing: their output is zero, and they never produce NaN values or NaN gradients on either path.
 """
 
 from __future__ import annotations
