@@ -577,9 +577,11 @@ class Attention(nn.Module):
                 k, v = torch.cat((cached_k, k), dim=-2), torch.cat((cached_v, v), dim=-2)
             cached_kv = (k_unrotated if qk_rotated else k[..., mem_len:, :], v[..., mem_len:, :])
 
-        if qk_rotated:
-            pass
-        elif rotary_pos_emb is not None and (not has_context or context_rotary_pos_emb is not None):
+        if (
+            not qk_rotated  # the fused projection's queries and keys were rotated already
+            and rotary_pos_emb is not None
+            and (not has_context or context_rotary_pos_emb is not None)
+        ):
             freqs, xpos_scale = rotary_pos_emb
             q_scale, k_scale = (xpos_scale, xpos_scale**-1.0) if torch.is_tensor(xpos_scale) else (1.0, 1.0)
             k_freqs = freqs

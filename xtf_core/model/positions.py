@@ -133,6 +133,19 @@ def _complex_rotation_applies(t: Tensor, freqs: Tensor) -> bool:
     return torch.equal(freqs[..., 0::2], freqs[..., 1::2])
 
 
+def _output_with_rest(t: Tensor, rest: Tensor) -> Tensor:
+    """A fresh output for rotating `t` without autograd, its pass-through features `rest` already in place.
+    On the CPU it is laid out as `t` is where `t` is dense (a [b, n, h, d] layout stays one, so attention's
+    output needs no copy to become [b, n, h * d]); elsewhere it is contiguous."""
+    out = (
+        torch.empty_like(t)
+        if t.device.type == "cpu"
+        else torch.empty(t.shape, dtype=t.dtype, device=t.device)
+    )
+    out[..., t.shape[-1] - rest.shape[-1] :] = rest
+    return out
+
+
 def _rotate_complex(t: Tensor, rotated: Tensor, rest: Tensor, freqs: Tensor) -> Tensor:
     """The rotation of each pair `(x1, x2)` by angle `f`, `(x1 cos f - x2 sin f, x2 cos f + x1 sin f)`, is
     the complex product `(x1 + i x2)(cos f + i sin f)`: one multiplication (and one in the backward pass)
@@ -144,10 +157,9 @@ def _rotate_complex(t: Tensor, rotated: Tensor, rest: Tensor, freqs: Tensor) -> 
     if not rest.shape[-1]:
         return torch.view_as_real(pairs * turn).flatten(-2)
     if not (torch.is_grad_enabled() and t.requires_grad):
-        # no autograd: the product is written straight into the output, laid out as `t` where `t` is dense
-        out = torch.empty_like(t)
+        # no autograd: the product is written straight into the output
+        out = _output_with_rest(t, rest)
         rot_dim = rotated.shape[-1]
-        out[..., rot_dim:] = rest
         torch.mul(pairs, turn, out=torch.view_as_complex(out[..., :rot_dim].unflatten(-1, (-1, 2))))
         return out
     return torch.cat((torch.view_as_real(pairs * turn).flatten(-2), rest), dim=-1)
@@ -173,14 +185,8 @@ def _rotate_leading(t: Tensor, freqs: Tensor, scale: Tensor | float) -> Tensor:
         # multiplying by a scale of 1.0 changes nothing: those two passes are skipped
         if rest.shape[-1] and not (torch.is_grad_enabled() and t.requires_grad) and not compiling():
             # no autograd (and eager: a compiler fuses this itself): the rotated features are written, in
-            # t's dtype, straight into one output; on the CPU laid out as `t` is where `t` is dense (a
-            # [b, n, h, d] layout stays one, so attention's output needs no copy to become [b, n, h * d])
-            out = (
-                torch.empty_like(t)
-                if t.device.type == "cpu"
-                else torch.empty(t.shape, dtype=dtype, device=t.device)
-            )
-            out[..., rot_dim:] = rest
+            # t's dtype, straight into one output
+            out = _output_with_rest(t, rest)
             torch.addcmul(rotated * cos, _rotate_pairs(rotated), sin, out=out[..., :rot_dim])
             return out
         rotated = torch.addcmul(rotated * cos, _rotate_pairs(rotated), sin).to(dtype)
