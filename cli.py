@@ -6,7 +6,6 @@ answers the header-only `xtf inspect` without importing click and hands everythi
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +18,7 @@ from xtf_cli.console import (
     EXIT_USAGE,
     error,
     is_closed_pipe,
+    json_text,
     one_line,
     report_failure,
     silence_stdout,
@@ -135,7 +135,7 @@ STAMP = _StampType()
 
 
 def _print_json(data: object) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True))
+    click.echo(json_text(data))
 
 
 @click.group(cls=XtfGroup, name="xtf")

@@ -8,6 +8,7 @@ on stderr, one line), 2 a usage error (one `error: ...` line too, no usage block
 from __future__ import annotations
 
 import errno
+import json
 import os
 import sys
 
@@ -18,6 +19,11 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 MESSAGE_LIMIT = 2000  # characters of one error line; the library keeps its own messages shorter
+
+
+def json_text(data: object) -> str:
+    """How every `--json` document is printed (both paths of `xtf inspect` and the click verbs)."""
+    return json.dumps(data, indent=2, sort_keys=True)
 
 
 def one_line(text: str) -> str:

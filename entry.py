@@ -38,7 +38,7 @@ def _plain_inspect(args: list[str]) -> tuple[str, bool] | None:
 
 def _inspect(path: str, as_json: bool) -> int:
     """What `xtf inspect` prints and returns, without click."""
-    from xtf_cli.console import EXIT_INTERRUPTED, EXIT_OK, error, report_failure
+    from xtf_cli.console import EXIT_INTERRUPTED, EXIT_OK, error, json_text, report_failure
     from xtf_core.errors import XtfError
 
     try:
@@ -46,9 +46,7 @@ def _inspect(path: str, as_json: bool) -> int:
 
         summary = inspect_checkpoint(path)
         if as_json:
-            import json
-
-            text = json.dumps(summary.to_json(), indent=2, sort_keys=True)
+            text = json_text(summary.to_json())
         else:
             text = "\n".join(summary.describe())
         if sys.stdout is not None:  # a closed descriptor 1 leaves no stdout: nothing to say, as click does
