@@ -42,9 +42,10 @@ def applies(q: Tensor, k: Tensor, v: Tensor, dropout_p: float) -> bool:
     """Whether causal self-attention of `q, k, v [b, h, n, d]` takes the blocked path: float32 on the CPU
     with autograd recording, no dropout, no autocast, no torch.compile or torch.func transform (vmap, grad,
     ...) at work, and a size measured faster."""
-    if dropout_p or q.device.type != "cpu" or compiling() or _cpu_autocast() or _functorch_active():
-        return False
+    # cheapest first: in inference (most calls that get here) the first line decides
     if not torch.is_grad_enabled() or not (q.requires_grad or k.requires_grad or v.requires_grad):
+        return False
+    if dropout_p or q.device.type != "cpu" or compiling() or _cpu_autocast() or _functorch_active():
         return False
     if any(t.dtype != torch.float32 or t.ndim != 4 for t in (q, k, v)):
         return False
